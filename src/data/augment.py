@@ -1,0 +1,102 @@
+"""Batched image pipeline on tensors: uint8 batch -> float, resize/pad, augment, normalise.
+
+It runs after the batch reaches its device (the GPU when training there), one call per batch.
+Written by hand on purpose: torchvision's v2 transforms draw ONE random crop/flip per call, so applied
+to a batch tensor they would give every image the same crop; per-image calls through PIL cost ~170 us
+an image, more than LeNet-5's whole training step on CPU.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+
+from data.errors import DataConfigError
+
+
+class BatchPipeline:
+    def __init__(
+        self,
+        mean: Sequence[float],
+        std: Sequence[float],
+        image_size: int,
+        native_size: int,
+        resize_mode: str = "resize",
+        crop_padding: int = 0,
+        hflip: bool = False,
+        color_jitter: float = 0.0,
+    ) -> None:
+        if resize_mode not in ("resize", "pad"):
+            raise DataConfigError("resize_mode", resize_mode, "must be 'resize' or 'pad'.",
+                                  "Use 'pad' to centre small images in a larger field (LeNet on MNIST).")
+        if resize_mode == "pad" and image_size < native_size:
+            raise DataConfigError("image_size", image_size, f"is smaller than the native {native_size} pixels, "
+                                  "so padding cannot reach it.", "Set data.resize_mode=resize to shrink.")
+        if isinstance(crop_padding, bool) or not isinstance(crop_padding, int) or crop_padding < 0:
+            raise DataConfigError("augment.crop_padding", crop_padding, "must be an integer >= 0.",
+                                  "Use 4 for the CIFAR recipe or 0 to turn random crops off.")
+        if not isinstance(color_jitter, (int, float)) or not 0 <= color_jitter < 1:
+            raise DataConfigError("augment.color_jitter", color_jitter, "must be in [0, 1).",
+                                  "Use e.g. 0.4 (brightness/contrast/saturation factors in [0.6, 1.4]).")
+        self.mean = torch.tensor(list(mean), dtype=torch.float32).view(1, -1, 1, 1)
+        self.std = torch.tensor(list(std), dtype=torch.float32).view(1, -1, 1, 1)
+        self.image_size, self.native_size, self.resize_mode = image_size, native_size, resize_mode
+        self.crop_padding, self.hflip, self.color_jitter = crop_padding, bool(hflip), float(color_jitter)
+
+    def __call__(self, images: torch.Tensor, train: bool) -> torch.Tensor:
+        x = images.float().div_(255) if images.dtype == torch.uint8 else images.float()
+        x = self.fit_size(x)
+        if train:
+            if self.crop_padding:
+                x = random_crop(x, self.crop_padding)
+            if self.hflip:
+                x = random_hflip(x)
+            if self.color_jitter:
+                x = random_color_jitter(x, self.color_jitter)
+        mean, std = self.mean.to(x.device), self.std.to(x.device)
+        return (x - mean) / std
+
+    def fit_size(self, x: torch.Tensor) -> torch.Tensor:
+        size = x.shape[-1]
+        if size == self.image_size:
+            return x
+        if self.resize_mode == "pad":
+            before = (self.image_size - size) // 2
+            after = self.image_size - size - before
+            return F.pad(x, (before, after, before, after))
+        return F.interpolate(x, size=(self.image_size, self.image_size), mode="bilinear",
+                             align_corners=False, antialias=self.image_size < size)
+
+
+def random_crop(x: torch.Tensor, padding: int) -> torch.Tensor:
+    """Zero-pad by ``padding`` and crop back at an independent random offset for every image."""
+    n, _, h, w = x.shape
+    padded = F.pad(x, (padding,) * 4)
+    dy = torch.randint(0, 2 * padding + 1, (n, 1), device=x.device)
+    dx = torch.randint(0, 2 * padding + 1, (n, 1), device=x.device)
+    rows = (dy + torch.arange(h, device=x.device)).view(n, 1, h, 1).expand(n, x.shape[1], h, w + 2 * padding)
+    cropped = padded.gather(2, rows)
+    cols = (dx + torch.arange(w, device=x.device)).view(n, 1, 1, w).expand(n, x.shape[1], h, w)
+    return cropped.gather(3, cols)
+
+
+def random_hflip(x: torch.Tensor) -> torch.Tensor:
+    flip = torch.rand(x.shape[0], 1, 1, 1, device=x.device) < 0.5
+    return torch.where(flip, x.flip(-1), x)
+
+
+def random_color_jitter(x: torch.Tensor, strength: float) -> torch.Tensor:
+    """Brightness, contrast and (for RGB) saturation, each factor drawn per image in [1-s, 1+s]."""
+
+    def factor() -> torch.Tensor:
+        return 1 + (torch.rand(x.shape[0], 1, 1, 1, device=x.device) * 2 - 1) * strength
+
+    x = x * factor()
+    gray = x.mean(dim=(1, 2, 3), keepdim=True)
+    x = gray + (x - gray) * factor()
+    if x.shape[1] == 3:
+        luma = (0.299 * x[:, :1] + 0.587 * x[:, 1:2] + 0.114 * x[:, 2:3])
+        x = luma + (x - luma) * factor()
+    return x.clamp_(0, 1)

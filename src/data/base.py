@@ -1,0 +1,213 @@
+"""One base DataModule for every dataset that fits in memory as a uint8 tensor.
+
+A subclass only says how to read its files (:meth:`InMemoryDataModule.load_split`). The base does the
+rest the same way for all: seeded hold-out validation split, batches cut straight from the tensors (no
+per-image Python), and the batched augment/normalise pipeline on the batch's device.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+from torch.utils.data import BatchSampler, DataLoader, RandomSampler, SequentialSampler
+
+from data.augment import BatchPipeline
+from data.errors import DataConfigError
+
+
+class TensorBatches(torch.utils.data.Dataset):
+    """Images and labels as tensors; ``__getitems__`` returns a whole batch by fancy indexing."""
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor) -> None:
+        self.images, self.labels = images, labels
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, index: int):
+        return self.images[index], self.labels[index]
+
+    def __getitems__(self, indices: list[int]):
+        index = torch.as_tensor(indices, device=self.labels.device)
+        return self.images[index], self.labels[index]
+
+
+def already_batched(batch):
+    """Collate function for :class:`TensorBatches`: the dataset already returns a batch."""
+    return batch
+
+
+def channel_stats(images: torch.Tensor, chunk: int = 4096) -> tuple[list[float], list[float]]:
+    """Per-channel mean and std of uint8 images (N, C, H, W) on the [0, 1] scale, in float64."""
+    total = torch.zeros(images.shape[1], dtype=torch.float64)
+    squares = torch.zeros_like(total)
+    for start in range(0, len(images), chunk):
+        x = images[start : start + chunk].to(torch.float64) / 255
+        total += x.sum(dim=(0, 2, 3))
+        squares += (x * x).sum(dim=(0, 2, 3))
+    count = images.shape[0] * images.shape[2] * images.shape[3]
+    mean = total / count
+    std = (squares / count - mean * mean).sqrt()
+    return mean.tolist(), std.tolist()
+
+
+def _positive_int(key: str, value: Any, example: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise DataConfigError(key, value, "must be a positive integer.", f"Set data.{key}={example}.")
+    return value
+
+
+class InMemoryDataModule(pl.LightningDataModule):
+    """Base for datasets held in memory. Subclasses set ``name`` and implement ``load_split``."""
+
+    name = "dataset"
+
+    def __init__(
+        self,
+        in_channels: int,
+        num_classes: int,
+        native_size: int,
+        image_size: int | None = None,
+        mean: Sequence[float] = (0.5,),
+        std: Sequence[float] = (0.5,),
+        root: str = "data",
+        download: bool = True,
+        resize_mode: str = "resize",
+        val_size: int | float = 5000,
+        batch_size: int = 128,
+        eval_batch_size: int | None = None,
+        num_workers: int = 0,
+        augment: Mapping[str, Any] | None = None,
+        split_seed: int = 0,
+        subset: int | None = None,
+        test_subset: int | None = None,
+        device_resident: bool = False,
+    ) -> None:
+        super().__init__()
+        self.in_channels = _positive_int("in_channels", in_channels, "3")
+        self.num_classes = _positive_int("num_classes", num_classes, "10")
+        self.native_size = _positive_int("native_size", native_size, "32")
+        self.image_size = _positive_int("image_size", image_size or native_size, "32")
+        self.batch_size = _positive_int("batch_size", batch_size, "128")
+        self.eval_batch_size = _positive_int("eval_batch_size", eval_batch_size or batch_size, "256")
+        if isinstance(num_workers, bool) or not isinstance(num_workers, int) or num_workers < 0:
+            raise DataConfigError("num_workers", num_workers, "must be an integer >= 0.", "Use 0 for in-memory data.")
+        for key, value in (("subset", subset), ("test_subset", test_subset)):
+            if value is not None:
+                _positive_int(key, value, "10000 (or null for all)")
+        if len(mean) != in_channels or len(std) != in_channels or min(std) <= 0:
+            raise DataConfigError("mean/std", (list(mean), list(std)), f"need {in_channels} values each "
+                                  "(one per channel) and positive std.", "Recompute them with data.stats.")
+        if isinstance(val_size, bool) or not isinstance(val_size, (int, float)) or val_size < 0:
+            raise DataConfigError("val_size", val_size, "must be a count >= 0 or a fraction in [0, 1).",
+                                  "Use e.g. 5000 or 0.1.")
+        self.root, self.download, self.val_size = str(root), bool(download), val_size
+        self.num_workers, self.split_seed = num_workers, split_seed
+        self.subset, self.test_subset, self.device_resident = subset, test_subset, bool(device_resident)
+        self.mean, self.std = list(mean), list(std)
+        augment = dict(augment or {})
+        unknown = set(augment) - {"crop_padding", "hflip", "color_jitter"}
+        if unknown:
+            raise DataConfigError("augment", sorted(unknown), "has unknown keys.",
+                                  "Valid keys are crop_padding, hflip and color_jitter.")
+        self.pipeline = BatchPipeline(self.mean, self.std, self.image_size, self.native_size, resize_mode,
+                                      **augment)
+        self.train_set: TensorBatches | None = None
+        self.val_set: TensorBatches | None = None
+        self.test_set: TensorBatches | None = None
+
+    # --- what a subclass provides -------------------------------------------------------------
+    def load_split(self, train: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        """Return (uint8 images N x C x H x W, int64 labels N) of the training or the test split."""
+        raise NotImplementedError
+
+    # --- Lightning hooks ------------------------------------------------------------------------
+    def setup(self, stage: str | None = None) -> None:
+        if stage in (None, "fit", "validate") and self.train_set is None:
+            images, labels = self._checked(*self.load_split(train=True), "train")
+            images, labels = self._take(images, labels, self.subset, seed=self.split_seed + 1)
+            train_idx, val_idx = self._split_indices(len(labels))
+            self.train_set = self._dataset(images[train_idx], labels[train_idx])
+            self.val_set = self._dataset(images[val_idx], labels[val_idx])
+        if stage in (None, "test", "predict") and self.test_set is None:
+            images, labels = self._checked(*self.load_split(train=False), "test")
+            images, labels = self._take(images, labels, self.test_subset, seed=self.split_seed + 2)
+            self.test_set = self._dataset(images, labels)
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader(self.train_set, shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader(self.val_set, shuffle=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader(self.test_set, shuffle=False)
+
+    def predict_dataloader(self) -> DataLoader:
+        return self.test_dataloader()
+
+    def on_after_batch_transfer(self, batch, dataloader_idx: int):
+        images, labels = batch
+        training = self.trainer is not None and self.trainer.training
+        return self.pipeline(images, train=training), labels
+
+    def transform_batch(self, images: torch.Tensor, train: bool) -> torch.Tensor:
+        """The same pipeline for code outside a Trainer (benchmarks, analyses)."""
+        return self.pipeline(images, train=train)
+
+    # --- helpers --------------------------------------------------------------------------------
+    def _split_indices(self, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+        n_val = int(round(self.val_size * n)) if isinstance(self.val_size, float) else int(self.val_size)
+        if isinstance(self.val_size, float) and not self.val_size < 1:
+            raise DataConfigError("val_size", self.val_size, "as a fraction must be below 1.", "Use e.g. 0.1.")
+        if n_val >= n:
+            raise DataConfigError("val_size", self.val_size, f"leaves no training images (the training split "
+                                  f"has {n}).", f"Use fewer than {n} images for validation, e.g. {n // 10}.")
+        order = torch.randperm(n, generator=torch.Generator().manual_seed(self.split_seed))
+        return order[n_val:], order[:n_val]
+
+    @staticmethod
+    def _take(images, labels, count: int | None, seed: int):
+        if count is None or count >= len(labels):
+            return images, labels
+        keep = torch.randperm(len(labels), generator=torch.Generator().manual_seed(seed))[:count]
+        return images[keep], labels[keep]
+
+    def _checked(self, images: torch.Tensor, labels: torch.Tensor, split: str):
+        if images.ndim == 3:
+            images = images.unsqueeze(1)
+        if images.dtype != torch.uint8 or images.ndim != 4 or len(images) != len(labels) or len(labels) == 0:
+            raise DataConfigError("root", self.root, f"the {self.name} {split} split is malformed (images "
+                                  f"{tuple(images.shape)} {images.dtype}, {len(labels)} labels).",
+                                  "Fetch the dataset files again.")
+        if images.shape[1] != self.in_channels:
+            raise DataConfigError("in_channels", self.in_channels, f"but the {self.name} images have "
+                                  f"{images.shape[1]} channels.", f"Set data.in_channels={images.shape[1]}.")
+        if int(labels.max()) >= self.num_classes or int(labels.min()) < 0:
+            raise DataConfigError("num_classes", self.num_classes, f"but the {self.name} labels range over "
+                                  f"{int(labels.min())}..{int(labels.max())}.",
+                                  f"Set data.num_classes={int(labels.max()) + 1}.")
+        return images.contiguous(), labels.long()
+
+    def _dataset(self, images: torch.Tensor, labels: torch.Tensor) -> TensorBatches:
+        if self.device_resident and torch.cuda.is_available():
+            images, labels = images.cuda(), labels.cuda()
+        return TensorBatches(images, labels)
+
+    def _loader(self, dataset: TensorBatches | None, shuffle: bool) -> DataLoader:
+        if dataset is None:
+            raise RuntimeError("setup() must run before asking for a dataloader")
+        sampler = RandomSampler(dataset) if shuffle else SequentialSampler(dataset)
+        size = self.batch_size if shuffle else self.eval_batch_size
+        resident = dataset.labels.device.type != "cpu"
+        return DataLoader(
+            dataset,
+            batch_sampler=BatchSampler(sampler, size, drop_last=False),
+            collate_fn=already_batched,
+            num_workers=0 if resident else self.num_workers,
+            pin_memory=not resident and torch.cuda.is_available(),
+            persistent_workers=self.num_workers > 0 and not resident,
+        )

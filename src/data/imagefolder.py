@@ -1,0 +1,169 @@
+"""ImageNet-style folders (``root/train/<class>/*.jpg``, ``root/val/<class>/*.jpg``), streamed from disk.
+
+Too large to hold in memory, so images are decoded per image in DataLoader workers with torchvision's
+v2 transforms: the ResNet-ImageNet scale augmentation (shorter side drawn from [256, 480], a random
+224 crop, horizontal flip) for training and resize + centre crop for evaluation. The validation split
+is held out of ``train/``; ``val/`` (or ``test/``) is the test set, as ImageNet papers report.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+from PIL import Image, UnidentifiedImageError
+from torch.utils.data import DataLoader, Subset
+
+from data.errors import DataConfigError
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+class _CheckedLoader:
+    """PIL loader that names the unreadable file instead of failing deep inside a worker."""
+
+    def __init__(self, mode: str) -> None:
+        self.mode = mode
+
+    def __call__(self, path: str) -> Image.Image:
+        try:
+            with open(path, "rb") as handle:
+                return Image.open(handle).convert(self.mode)
+        except (OSError, UnidentifiedImageError) as error:
+            raise RuntimeError(f"data.root: cannot read image {path} ({error}); remove or replace it.") from None
+
+
+class ImageFolderDataModule(pl.LightningDataModule):
+    name = "imagefolder"
+
+    def __init__(
+        self,
+        root: str,
+        in_channels: int = 3,
+        num_classes: int | None = None,
+        image_size: int = 224,
+        native_size: int | None = None,
+        mean: Sequence[float] = IMAGENET_MEAN,
+        std: Sequence[float] = IMAGENET_STD,
+        batch_size: int = 256,
+        eval_batch_size: int | None = None,
+        num_workers: int = 2,
+        val_size: int | float = 0.02,
+        split_seed: int = 0,
+        augment: Mapping[str, Any] | None = None,
+        verify_images: bool = True,
+        train_dir: str = "train",
+        test_dirs: Sequence[str] = ("val", "test"),
+        download: bool = False,
+        subset: int | None = None,
+        test_subset: int | None = None,
+        resize_mode: str = "resize",
+        device_resident: bool = False,
+    ) -> None:
+        super().__init__()
+        from torchvision.datasets.folder import IMG_EXTENSIONS, make_dataset
+
+        self.root = Path(str(root)).expanduser()
+        train_root = self.root / train_dir
+        if not train_root.is_dir():
+            raise DataConfigError("root", str(root), f"has no `{train_dir}/` folder of class subfolders.",
+                                  "Point data.root at a folder laid out as train/<class>/*.jpg and val/<class>/*.jpg.")
+        self.classes = sorted(d.name for d in train_root.iterdir() if d.is_dir())
+        if len(self.classes) < 2:
+            raise DataConfigError("root", str(root), f"{train_root} holds {len(self.classes)} class folder(s); "
+                                  "classification needs at least 2.", "Add one subfolder per class.")
+        if num_classes is not None and num_classes != len(self.classes):
+            raise DataConfigError("num_classes", num_classes, f"but {train_root} has {len(self.classes)} classes.",
+                                  f"Set data.num_classes={len(self.classes)} or null to infer it.")
+        if in_channels not in (1, 3):
+            raise DataConfigError("in_channels", in_channels, "must be 1 (grayscale) or 3 (RGB).", "Use 3.")
+        class_to_idx = {name: i for i, name in enumerate(self.classes)}
+        self.train_samples = make_dataset(str(train_root), class_to_idx, IMG_EXTENSIONS)
+        test_root = next((self.root / d for d in test_dirs if (self.root / d).is_dir()), None)
+        self.test_samples = make_dataset(str(test_root), class_to_idx, IMG_EXTENSIONS) if test_root else []
+        if verify_images:
+            self._verify(self.train_samples + self.test_samples)
+        self.in_channels, self.num_classes, self.image_size = in_channels, len(self.classes), image_size
+        self.native_size = native_size or image_size
+        self.batch_size, self.eval_batch_size = batch_size, eval_batch_size or batch_size
+        self.num_workers, self.val_size, self.split_seed = num_workers, val_size, split_seed
+        self.subset, self.test_subset = subset, test_subset
+        self.mean, self.std = list(mean)[:in_channels], list(std)[:in_channels]
+        augment = dict(augment or {})
+        self.scale = tuple(augment.get("scale", (256, 480)))
+        self.hflip = bool(augment.get("hflip", True))
+        self.color_jitter = float(augment.get("color_jitter", 0.0))
+        self.mode = "RGB" if in_channels == 3 else "L"
+
+    @staticmethod
+    def _verify(samples: list[tuple[str, int]]) -> None:
+        """Read every image header once (fast: PIL reads no pixels) so a bad file fails before training."""
+        for path, _ in samples:
+            try:
+                with Image.open(path) as image:
+                    image.verify()
+            except (OSError, UnidentifiedImageError, SyntaxError) as error:
+                raise DataConfigError("root", path, f"is not a readable image ({type(error).__name__}).",
+                                      "Remove or replace the file, or set data.verify_images=false.") from None
+
+    def transforms(self, train: bool):
+        from torchvision.transforms import v2
+
+        tail = [v2.ToImage(), v2.ToDtype(torch.float32, scale=True), v2.Normalize(self.mean, self.std)]
+        if not train:
+            resize = round(self.image_size * 256 / 224)
+            return v2.Compose([v2.Resize(resize), v2.CenterCrop(self.image_size), *tail])
+        steps = [v2.RandomShortestSize(min_size=list(range(self.scale[0], self.scale[1] + 1))),
+                 v2.RandomCrop(self.image_size, pad_if_needed=True)]
+        if self.hflip:
+            steps.append(v2.RandomHorizontalFlip())
+        if self.color_jitter:
+            steps.append(v2.ColorJitter(self.color_jitter, self.color_jitter, self.color_jitter))
+        return v2.Compose(steps + tail)
+
+    def _folder(self, samples, train: bool):
+        from torchvision.datasets import DatasetFolder
+
+        dataset = DatasetFolder.__new__(DatasetFolder)  # reuse the scanned list; no second directory walk
+        dataset.root, dataset.loader = str(self.root), _CheckedLoader(self.mode)
+        dataset.classes, dataset.class_to_idx = self.classes, {c: i for i, c in enumerate(self.classes)}
+        dataset.samples, dataset.targets = samples, [label for _, label in samples]
+        dataset.transform, dataset.target_transform, dataset.transforms = self.transforms(train), None, None
+        dataset.extensions = None
+        return dataset
+
+    def setup(self, stage: str | None = None) -> None:
+        n = len(self.train_samples)
+        n_val = int(round(self.val_size * n)) if isinstance(self.val_size, float) else int(self.val_size)
+        if not 0 <= n_val < n:
+            raise DataConfigError("val_size", self.val_size, f"must leave training images (there are {n}).",
+                                  "Use a fraction such as 0.02.")
+        order = torch.randperm(n, generator=torch.Generator().manual_seed(self.split_seed)).tolist()
+        train_idx = order[n_val:][: self.subset] if self.subset else order[n_val:]
+        self.train_set = Subset(self._folder(self.train_samples, train=True), train_idx)
+        self.val_set = Subset(self._folder(self.train_samples, train=False), order[:n_val])
+        if not self.test_samples:
+            raise DataConfigError("root", str(self.root), "has no val/ or test/ folder for the test set.",
+                                  "Add root/val/<class>/*.jpg.")
+        test = self._folder(self.test_samples, train=False)
+        self.test_set = Subset(test, list(range(len(test)))[: self.test_subset]) if self.test_subset else test
+
+    def _loader(self, dataset, shuffle: bool, batch_size: int) -> DataLoader:
+        return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, num_workers=self.num_workers,
+                          pin_memory=torch.cuda.is_available(), persistent_workers=self.num_workers > 0)
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader(self.train_set, True, self.batch_size)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader(self.val_set, False, self.eval_batch_size)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader(self.test_set, False, self.eval_batch_size)
+
+    def transform_batch(self, images: torch.Tensor, train: bool) -> torch.Tensor:
+        return images  # already decoded, augmented and normalised in the workers

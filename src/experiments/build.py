@@ -1,0 +1,112 @@
+"""Turn the composed config into objects: model, datamodule. The only place that calls ``instantiate``.
+
+Hydra's ``_target_`` is the registry; this module adds what Hydra cannot know: metadata keys that are
+not constructor arguments, and a probe forward pass that turns a too-small input into a readable error
+instead of a shape error deep inside torch.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from experiments.errors import UserError
+
+# Keys in a model config that describe the model (paper figures) rather than build it.
+MODEL_METADATA_KEYS = ("paper",)
+
+
+def constructor_config(cfg: DictConfig, drop: tuple[str, ...]) -> DictConfig:
+    """A copy of ``cfg`` without the metadata keys, with every interpolation resolved."""
+    plain = OmegaConf.to_container(cfg, resolve=True)
+    for key in drop:
+        plain.pop(key, None)
+    return OmegaConf.create(plain)
+
+
+def instantiate_or_explain(cfg: DictConfig, group: str, **kwargs: Any) -> Any:
+    """``hydra.utils.instantiate`` that reports a failure as a user error naming the config group."""
+    from hydra.errors import InstantiationException
+    from hydra.utils import instantiate
+
+    from experiments.errors import user_error_types
+
+    try:
+        return instantiate(cfg, **kwargs)
+    except InstantiationException as error:
+        cause = error.__cause__ or error.__context__
+        if isinstance(cause, user_error_types()):
+            raise cause from None
+        target = cfg.get("_target_", "?")
+        detail = " ".join(str(cause or error).split())
+        raise UserError(
+            group, target, f"could not be built: {detail}.",
+            f"Check the keys under `{group}` (python -m experiments.train --cfg job shows them).",
+        ) from None
+
+
+def build_model(model_cfg: DictConfig, input_shape: tuple[int, int, int] | None = None):
+    """Instantiate the model of ``model_cfg``; with ``input_shape`` (C, H, W), check it can take it."""
+    model = instantiate_or_explain(constructor_config(model_cfg, MODEL_METADATA_KEYS), "model")
+    if input_shape is not None:
+        check_model_accepts(model, input_shape, model_cfg.get("_target_", "?"))
+    return model
+
+
+def check_model_accepts(model, input_shape: tuple[int, int, int], name: str) -> None:
+    """Run a 2-image zero batch through ``model`` in eval mode; explain a failure as a user error."""
+    import torch
+
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            model(torch.zeros(2, *input_shape))
+    except RuntimeError as error:
+        channels, height, width = input_shape
+        detail = " ".join(str(error).split())[:300]
+        raise UserError(
+            "data.image_size", height,
+            f"model {name} cannot take a {channels}x{height}x{width} input (its spatial size collapses or "
+            f"its layers do not fit: {detail}).",
+            "Set data.image_size to the model's native input size (see python -m experiments.summary "
+            "model=<name>), or choose a model made for small images.",
+        ) from None
+    finally:
+        model.train(was_training)
+
+
+def count_parameters(model) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def build_datamodule(cfg: DictConfig):
+    """Instantiate ``cfg.data``; fill ``data.num_classes`` in the config when the dataset infers it."""
+    datamodule = instantiate_or_explain(cfg.data, "data")
+    if cfg.data.get("num_classes") is None:
+        cfg.data.num_classes = int(datamodule.num_classes)
+    return datamodule
+
+
+def input_shape_of(cfg: DictConfig) -> tuple[int, int, int]:
+    return int(cfg.data.in_channels), int(cfg.data.image_size), int(cfg.data.image_size)
+
+
+def build_module(cfg: DictConfig):
+    """The model inside a :class:`ClassificationModule`, ready for a Trainer."""
+    from experiments.module import ClassificationModule
+
+    model = build_model(cfg.model, input_shape_of(cfg))
+    if cfg.get("compile"):
+        model.compile()  # in place: state_dict keys stay those of the plain model
+    module_cfg = cfg.get("module") or {}
+    scheduler = cfg.get("scheduler")
+    return ClassificationModule(
+        model=model,
+        num_classes=int(cfg.data.num_classes),
+        optimizer=cfg.optimizer,
+        scheduler=scheduler if scheduler is not None and scheduler.get("_target_") else None,
+        label_smoothing=module_cfg.get("label_smoothing", 0.0),
+        aux_loss_weights=module_cfg.get("aux_loss_weights", (0.3, 0.3)),
+    )

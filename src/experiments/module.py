@@ -1,0 +1,126 @@
+"""ClassificationModule: the one LightningModule that trains every model in the zoo.
+
+Cross-entropy (optional label smoothing), auxiliary-classifier losses during training only, top-1/top-5
+accuracy from torchmetrics, and errors in percent as the papers report them. Metrics are logged as
+tensors and reduced by Lightning at epoch end, so logging never forces a device sync per step.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import pytorch_lightning as pl
+import torch
+import torch.nn.functional as F
+from omegaconf import DictConfig
+from torch import nn
+from torchmetrics.classification import MulticlassAccuracy
+
+from experiments.optim import build_optimizer, build_scheduler
+
+
+class ClassificationModule(pl.LightningModule):
+    def __init__(
+        self,
+        model: nn.Module,
+        num_classes: int,
+        optimizer: DictConfig,
+        scheduler: DictConfig | None = None,
+        label_smoothing: float = 0.0,
+        aux_loss_weights: Sequence[float] = (0.3, 0.3),
+    ) -> None:
+        super().__init__()
+        self.model = model
+        self.num_classes = num_classes
+        self.optimizer_cfg, self.scheduler_cfg = optimizer, scheduler
+        self.label_smoothing = float(label_smoothing)
+        self.aux_loss_weights = [float(w) for w in aux_loss_weights]
+        top_k = min(5, num_classes)
+        self.metrics = nn.ModuleDict({
+            f"{stage}_{name}": MulticlassAccuracy(num_classes, top_k=k, average="micro")
+            for stage in ("val", "test")
+            for name, k in (("top1", 1), ("top5", top_k))
+        })
+        self.best_val_err = math.inf
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.model(x)
+        return out[0] if isinstance(out, (tuple, list)) else out
+
+    def loss(self, outputs, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Main loss plus weighted auxiliary losses; returns (loss, main logits)."""
+        if isinstance(outputs, (tuple, list)):
+            logits, aux_outputs = outputs[0], outputs[1:]
+        else:
+            logits, aux_outputs = outputs, ()
+        loss = F.cross_entropy(logits, targets, label_smoothing=self.label_smoothing)
+        for weight, aux in zip(self.aux_loss_weights, aux_outputs):
+            if aux is not None:
+                loss = loss + weight * F.cross_entropy(aux, targets, label_smoothing=self.label_smoothing)
+        return loss, logits
+
+    def training_step(self, batch, batch_idx: int) -> torch.Tensor:
+        images, targets = batch
+        loss, logits = self.loss(self.model(images), targets)
+        # The epoch mean of per-batch errors weighted by batch size is exactly the epoch's error rate.
+        err = 100 * (logits.detach().argmax(dim=1) != targets).float().mean()
+        n = len(targets)
+        self.log("train/loss_step", loss.detach(), on_step=True, on_epoch=False)
+        self.log("train/loss", loss.detach(), on_step=False, on_epoch=True, batch_size=n, sync_dist=True)
+        self.log("train/err", err, on_step=False, on_epoch=True, batch_size=n, sync_dist=True)
+        return loss
+
+    def _evaluate(self, batch, stage: str) -> None:
+        images, targets = batch
+        logits = self(images)
+        loss = F.cross_entropy(logits, targets)
+        self.metrics[f"{stage}_top1"].update(logits, targets)
+        self.metrics[f"{stage}_top5"].update(logits, targets)
+        self.log(f"{stage}/loss", loss, on_epoch=True, batch_size=len(targets), sync_dist=True)
+
+    def _log_accuracy(self, stage: str) -> float:
+        top1 = self.metrics[f"{stage}_top1"].compute()
+        top5 = self.metrics[f"{stage}_top5"].compute()
+        self.metrics[f"{stage}_top1"].reset()
+        self.metrics[f"{stage}_top5"].reset()
+        self.log(f"{stage}/acc", 100 * top1)
+        self.log(f"{stage}/err", 100 * (1 - top1))
+        self.log(f"{stage}/err5", 100 * (1 - top5))
+        return float(100 * (1 - top1))
+
+    def validation_step(self, batch, batch_idx: int) -> None:
+        self._evaluate(batch, "val")
+
+    def on_validation_epoch_end(self) -> None:
+        err = self._log_accuracy("val")
+        if not self.trainer.sanity_checking:
+            self.best_val_err = min(self.best_val_err, err)
+            self.log("val/err_best", self.best_val_err)
+
+    def test_step(self, batch, batch_idx: int) -> None:
+        self._evaluate(batch, "test")
+
+    def on_test_epoch_end(self) -> None:
+        self._log_accuracy("test")
+
+    def predict_step(self, batch, batch_idx: int) -> torch.Tensor:
+        return self(batch[0]).softmax(dim=1)
+
+    def configure_optimizers(self):
+        optimizer = build_optimizer(self.optimizer_cfg, self.model)
+        if self.scheduler_cfg is None:
+            return optimizer
+        total = int(self.trainer.estimated_stepping_batches)
+        per_epoch = max(1, math.ceil(self.trainer.num_training_batches / self.trainer.accumulate_grad_batches))
+        scheduler = build_scheduler(self.scheduler_cfg, optimizer, total, per_epoch)
+        if scheduler is None:
+            return optimizer
+        return {"optimizer": optimizer, "lr_scheduler": scheduler}
+
+    # The best validation error so far is training state: keep it across resume.
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["best_val_err"] = self.best_val_err
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        self.best_val_err = float(checkpoint.get("best_val_err", math.inf))

@@ -1,0 +1,228 @@
+"""The training job behind ``experiments.train``: config -> objects -> Trainer -> run folder.
+
+Order matters for the user: everything that can be wrong with the config is checked (and the data,
+model and input size built) before the run folder gets anything beyond Hydra's own record, and a
+run that fails that early leaves no folder behind.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from experiments import runs
+from experiments.errors import UserError
+from experiments.validation import validate
+
+
+def _is_launcher_process() -> bool:
+    """False in the extra processes that Lightning's DDP launcher starts (they re-run this job)."""
+    return os.environ.get("LOCAL_RANK", "0") == "0" and os.environ.get("NODE_RANK", "0") == "0"
+
+
+def _resume_target(cfg: DictConfig, fresh_dir: Path) -> Path | None:
+    resume = cfg.get("resume", False)
+    if resume is False or resume == "false":
+        return None
+    if resume is True or resume == "true":
+        from hydra.core.hydra_config import HydraConfig
+
+        return runs.find_resumable(Path(cfg.paths.output_root), list(HydraConfig.get().overrides.task), fresh_dir)
+    run_dir, _ = runs.run_folder_of(resume)
+    return run_dir
+
+
+def train(cfg: DictConfig) -> float:
+    started = time.time()
+    fresh_dir = Path(cfg.paths.run_dir)
+    try:
+        validate(cfg)
+        resume_dir = _resume_target(cfg, fresh_dir)
+        if resume_dir is not None and _is_launcher_process() and resume_dir.resolve() != fresh_dir.resolve():
+            _adopt_resumed_config(cfg, resume_dir)
+        prepared = _prepare(cfg, resume_dir)
+    except Exception:
+        if _is_launcher_process():
+            _remove_unused_run_folder(fresh_dir)
+        raise
+    if resume_dir is not None and _is_launcher_process() and resume_dir.resolve() != fresh_dir.resolve():
+        _remove_unused_run_folder(fresh_dir)
+    return _fit_and_test(cfg, started, **prepared)
+
+
+def _adopt_resumed_config(cfg: DictConfig, resume_dir: Path) -> None:
+    """Resume with the run's own config (its paths point at its folder), keeping this call's quiet flag."""
+    saved = runs.load_run_config(resume_dir)
+    quiet = cfg.get("quiet", False)
+    for key in list(cfg.keys()):
+        if key in saved:
+            cfg[key] = saved[key]
+    cfg.resume = str(resume_dir)
+    cfg.quiet = quiet
+    cfg.paths.run_dir = str(resume_dir)
+
+
+def _remove_unused_run_folder(folder: Path) -> None:
+    """Remove the folder Hydra made for this call when nothing of a run went into it."""
+    if not folder.is_dir():
+        return
+    leftovers = {p.name for p in folder.iterdir()} - {".hydra", "train.log"}
+    if not leftovers:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def _prepare(cfg: DictConfig, resume_dir: Path | None) -> dict[str, Any]:
+    import pytorch_lightning as pl
+
+    from experiments.build import build_datamodule, build_module
+
+    pl.seed_everything(int(cfg.seed), workers=True, verbose=False)
+    datamodule = build_datamodule(cfg)
+    module = build_module(cfg)
+    run_dir = Path(cfg.paths.run_dir)
+    ckpt_path = None
+    keep_through_epoch = None
+    if resume_dir is not None:
+        last = resume_dir / runs.CHECKPOINT_DIR / runs.LAST_CHECKPOINT
+        if not last.is_file():
+            raise UserError("resume", str(resume_dir), f"has no {runs.CHECKPOINT_DIR}/{runs.LAST_CHECKPOINT} "
+                            "(it stopped before its first epoch ended).", "Start a fresh run instead.")
+        checkpoint = runs.load_checkpoint(last)
+        runs.load_model_weights(module, checkpoint, last)  # a clear error if the architecture changed
+        ckpt_path, keep_through_epoch = str(last), int(checkpoint.get("epoch", 0))
+    if _is_launcher_process():
+        runs.check_writable(run_dir)
+    return {"datamodule": datamodule, "module": module, "ckpt_path": ckpt_path,
+            "keep_through_epoch": keep_through_epoch}
+
+
+def _build_trainer(cfg: DictConfig, keep_through_epoch: int | None):
+    from hydra.utils import instantiate
+    from pytorch_lightning.callbacks import RichProgressBar
+
+    callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None]
+    quiet = bool(cfg.get("quiet"))
+    if quiet:
+        callbacks = [c for c in callbacks if type(c).__name__ != "EpochLine"]
+    interactive = sys.stdout.isatty() and not quiet
+    if interactive:
+        callbacks.append(RichProgressBar(leave=False))
+    loggers = []
+    for name, logger_cfg in (cfg.get("logger") or {}).items():
+        if logger_cfg is None:
+            continue
+        extra = {"keep_through_epoch": keep_through_epoch} if name == "csv" else {}
+        loggers.append(instantiate(logger_cfg, **extra))
+    trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False,
+                          enable_progress_bar=interactive, enable_model_summary=not quiet,
+                          default_root_dir=cfg.paths.run_dir)
+    return trainer
+
+
+def _fit_and_test(cfg: DictConfig, started: float, datamodule, module, ckpt_path, keep_through_epoch) -> float:
+    from pytorch_lightning.utilities import rank_zero_info
+
+    from experiments.build import count_parameters, input_shape_of
+
+    run_dir = Path(cfg.paths.run_dir)
+    trainer = _build_trainer(cfg, keep_through_epoch)
+    if trainer.is_global_zero and _is_launcher_process():
+        (run_dir / runs.CONFIG_FILE).write_text(OmegaConf.to_yaml(cfg, resolve=True))
+        _write_summary(cfg, run_dir, status="running", started=started, metrics={},
+                       params=count_parameters(module.model), input_shape=input_shape_of(cfg))
+    trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+    interrupted = trainer.interrupted
+    fit_metrics = _scalars(trainer.callback_metrics)
+    test_metrics: dict[str, float] = {}
+    if not interrupted and not trainer.fast_dev_run:
+        best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
+        results = trainer.test(module, datamodule=datamodule, ckpt_path=best or None, verbose=False)
+        test_metrics = {k: float(v) for k, v in (results[0] if results else {}).items()}
+    elif trainer.fast_dev_run:
+        results = trainer.test(module, datamodule=datamodule, verbose=False)
+        test_metrics = {k: float(v) for k, v in (results[0] if results else {}).items()}
+    metrics = {**fit_metrics, **test_metrics}
+    if trainer.is_global_zero:
+        status = "interrupted" if interrupted else "finished"
+        _write_summary(cfg, run_dir, status=status, started=started, metrics=metrics,
+                       params=count_parameters(module.model), input_shape=input_shape_of(cfg),
+                       epochs=trainer.current_epoch, steps=trainer.global_step)
+        if not cfg.get("quiet"):
+            _print_result(cfg, run_dir, metrics, status)
+        else:
+            rank_zero_info(f"run folder: {run_dir}")
+    value = metrics.get(str(cfg.get("optimized_metric", "val/err_best")), math.nan)
+    return float(value)
+
+
+def _scalars(metrics: dict) -> dict[str, float]:
+    out = {}
+    for key, value in metrics.items():
+        try:
+            out[key] = float(value)
+        except (TypeError, ValueError):
+            continue
+    return out
+
+
+def _write_summary(cfg: DictConfig, run_dir: Path, status: str, started: float, metrics: dict[str, float],
+                   params: int, input_shape: tuple[int, int, int], epochs: int | None = None,
+                   steps: int | None = None) -> None:
+    from hydra.core.hydra_config import HydraConfig
+
+    previous = runs.read_json(run_dir / runs.SUMMARY_FILE) if (run_dir / runs.SUMMARY_FILE).is_file() else {}
+    overrides = list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
+    wall = time.time() - started + (previous.get("wall_time_s", 0.0) if previous.get("status") != "running" else 0.0)
+    summary = {
+        **previous,
+        "status": status,
+        "run_dir": str(run_dir),
+        "model": OmegaConf.select(cfg, "model._target_"),
+        "model_name": _choice("model"),
+        "data": _choice("data"),
+        "params": params,
+        "input_shape": list(input_shape),
+        "seed": int(cfg.seed),
+        "metrics": metrics,
+        "best_val_err": metrics.get("val/err_best", previous.get("best_val_err")),
+        "test_acc": metrics.get("test/acc", previous.get("test_acc")),
+        "test_err": metrics.get("test/err", previous.get("test_err")),
+        "epochs": epochs,
+        "steps": steps,
+        "wall_time_s": round(wall, 2),
+        "git_commit": runs.git_commit(),
+        "versions": runs.package_versions(),
+        "command": " ".join(["python -m experiments.train", *overrides]),
+    }
+    runs.write_json_atomic(run_dir / runs.SUMMARY_FILE, summary)
+
+
+def _choice(group: str) -> str | None:
+    from hydra.core.hydra_config import HydraConfig
+
+    if not HydraConfig.initialized():
+        return None
+    return HydraConfig.get().runtime.choices.get(group)
+
+
+def _print_result(cfg: DictConfig, run_dir: Path, metrics: dict[str, float], status: str) -> None:
+    lines = []
+    if "test/acc" in metrics:
+        lines.append(f"test accuracy: {metrics['test/acc']:.2f}%  (test error {metrics['test/err']:.2f}%, "
+                     f"best val error {metrics.get('val/err_best', math.nan):.2f}%)")
+    if status == "interrupted":
+        lines.append(f"interrupted; continue with: python -m experiments.train resume={run_dir}")
+    lines.append(f"run folder: {run_dir}")
+    loggers = set((cfg.get("logger") or {}).keys())
+    if "tensorboard" in loggers:
+        lines.append(f"dashboard: tensorboard --logdir {run_dir / 'tensorboard'}")
+    if "wandb" in loggers:
+        lines.append(f"W&B: see {run_dir / 'wandb'} (offline runs: wandb sync {run_dir}/wandb/offline-run-*)")
+    print("\n".join(lines), flush=True)

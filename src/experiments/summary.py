@@ -1,0 +1,103 @@
+"""``python -m experiments.summary model=<name>``: the model's table as the papers print it.
+
+One row per stage or module (type, kernel/stride, output H x W x C, parameters, multiply-adds), the
+totals, and the paper's figures from ``model.paper`` with the difference in percent. The numbers come
+from :func:`models.profile.profile_model`, the same function training uses for ``summary.json``.
+Torch is imported inside the task so ``--help`` stays instant; the model is built on the ``meta``
+device, so even ResNet-1202 or VGG-19 is summarised in seconds without memory.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import hydra
+from omegaconf import DictConfig, OmegaConf
+
+from experiments.errors import exits_cleanly_on_user_error
+
+
+def input_shape_of(cfg: DictConfig) -> tuple[int, int, int]:
+    size = int(cfg.data.image_size)
+    return int(cfg.data.in_channels), size, size
+
+
+def summarise(cfg: DictConfig) -> dict[str, Any]:
+    """Build ``cfg.model`` for ``cfg.data`` and return its profile plus the paper comparison."""
+    import torch
+
+    from experiments.build import build_model
+    from models.profile import compare_with_paper, profile_model
+
+    shape = input_shape_of(cfg)
+    device = torch.device("meta") if cfg.get("meta_device", True) else torch.device("cpu")
+    with device:
+        model = build_model(cfg.model, shape)
+    profile = profile_model(model, shape)
+    paper = OmegaConf.to_container(cfg.model.paper, resolve=True) if cfg.model.get("paper") else None
+    profile["paper"] = paper
+    profile["comparison"] = compare_with_paper(profile, paper)
+    profile["model"] = str(cfg.model.get("_target_", "?"))
+    return profile
+
+
+def _human(value: float) -> str:
+    for unit, scale in (("G", 1e9), ("M", 1e6), ("K", 1e3)):
+        if abs(value) >= scale:
+            return f"{value / scale:.2f}{unit}"
+    return f"{value:.0f}"
+
+
+def render(profile: dict[str, Any], show_rows: bool = True, console=None) -> None:
+    """Print the profile with rich: the per-row table, then totals beside the paper's numbers."""
+    from rich.console import Console
+    from rich.table import Table
+
+    console = console or Console()
+    channels, height, width = profile["input_shape"]
+    title = f"{profile['model']} on a {height}x{width}x{channels} input"
+    if show_rows:
+        table = Table(title=title, title_justify="left")
+        for column, justify in (("layer", "left"), ("type", "left"), ("kernel/stride", "left"),
+                                ("output (HxWxC)", "right"), ("params", "right"), ("mult-adds", "right")):
+            table.add_column(column, justify=justify)
+        for row in profile["rows"]:
+            output = "x".join(str(s) for s in row["output"]) if row["output"] else "- (training only)"
+            table.add_row(row["name"], row["type"], row["kernel"], output, f"{row['params']:,}", _human(row["macs"]))
+        table.add_section()
+        table.add_row("total", "", "", "x".join(map(str, profile["output_shape"] or [])),
+                      f"{profile['params']:,}", _human(profile["macs"]))
+        console.print(table)
+    totals = Table(title=None if show_rows else title, title_justify="left")
+    for column in ("", "ours", "paper", "difference"):
+        totals.add_column(column, justify="right" if column else "left")
+    compared = {c["quantity"]: c for c in profile["comparison"]}
+    lines = [("parameters", "params", profile["inference_params"]), ("multiply-adds", "macs", profile["macs"])]
+    for label, key, ours in lines:
+        comparison = compared.get(key)
+        if comparison is None:
+            totals.add_row(label, f"{ours:,}", "-", "-")
+        else:
+            diff = comparison["diff_pct"]
+            totals.add_row(label, f"{ours:,}", f"{comparison['paper']:,.0f}", f"{diff:+.2f}%" if diff is not None else "-")
+    if profile["inference_params"] != profile["params"]:
+        totals.add_row("parameters incl. training-only heads", f"{profile['params']:,}", "", "")
+    console.print(totals)
+    paper = profile.get("paper") or {}
+    if paper.get("title"):
+        console.print(f"paper: {paper['title']}")
+    native = (paper.get("input_size"), paper.get("num_classes"))
+    if paper and native != (height, profile["output_shape"][0] if profile["output_shape"] else None):
+        console.print(f"note: the paper's figures are for a {native[0]}x{native[0]} input and {native[1]} classes; "
+                      f"compose with e.g. data.image_size={native[0]} data.num_classes={native[1]} "
+                      "data.in_channels=3 to compare like with like.")
+
+
+@hydra.main(version_base="1.3", config_path="../../conf", config_name="summary")
+@exits_cleanly_on_user_error
+def main(cfg: DictConfig) -> None:
+    render(summarise(cfg), show_rows=bool(cfg.get("rows", True)))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,134 @@
+"""AlexNet (Krizhevsky, Sutskever & Hinton 2012) in the paper's two-GPU form and torchvision's one-GPU form.
+
+``layout: paper`` — 227x227 input; conv1 96 11x11/4, conv2 256 5x5, conv3 384, conv4 384, conv5 256
+3x3; conv2, conv4 and conv5 see only their own GPU's half of the previous layer, which is a grouped
+convolution with 2 groups; local response normalisation after the ReLUs of conv1 and conv2, overlapping
+3x3/2 max pools, FC-4096, FC-4096 with dropout 0.5. 60,965,224 parameters at 1000 classes.
+
+``layout: torchvision`` — the one-GPU variant ("One weird trick", Krizhevsky 2014) torchvision ships:
+64/192/384/256/256 filters, no LRN, no groups; its state dicts load into this layout.
+
+Paper init (``init: gaussian``): weights N(0, 0.01^2), biases of conv2, conv4, conv5 and the FC layers 1
+(to give the ReLUs positive inputs early on), the rest 0.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from models.errors import require_choice, require_min_input_size, require_positive_int, require_probability
+from models.geometry import Window, feature_size, minimum_input_size
+from models.init import init_weights
+
+LAYOUTS = ("paper", "torchvision")
+
+
+def local_response_norm() -> nn.LocalResponseNorm:
+    """The paper's LRN: k=2, n=5, alpha=1e-4, beta=0.75. Torch divides alpha by n, so pass n * alpha."""
+    return nn.LocalResponseNorm(size=5, alpha=5 * 1e-4, beta=0.75, k=2.0)
+
+
+def paper_features(in_channels: int) -> tuple[nn.Sequential, list[Window]]:
+    layers = nn.Sequential(
+        nn.Conv2d(in_channels, 96, kernel_size=11, stride=4),
+        nn.ReLU(inplace=True),
+        local_response_norm(),
+        nn.MaxPool2d(kernel_size=3, stride=2),
+        nn.Conv2d(96, 256, kernel_size=5, padding=2, groups=2),
+        nn.ReLU(inplace=True),
+        local_response_norm(),
+        nn.MaxPool2d(kernel_size=3, stride=2),
+        nn.Conv2d(256, 384, kernel_size=3, padding=1),
+        nn.ReLU(inplace=True),
+        nn.Conv2d(384, 384, kernel_size=3, padding=1, groups=2),
+        nn.ReLU(inplace=True),
+        nn.Conv2d(384, 256, kernel_size=3, padding=1, groups=2),
+        nn.ReLU(inplace=True),
+        nn.MaxPool2d(kernel_size=3, stride=2),
+    )
+    windows = [(11, 4, 0, False), (3, 2, 0, False), (3, 2, 0, False), (3, 2, 0, False)]
+    return layers, windows
+
+
+def torchvision_features(in_channels: int) -> tuple[nn.Sequential, list[Window]]:
+    layers = nn.Sequential(
+        nn.Conv2d(in_channels, 64, kernel_size=11, stride=4, padding=2),
+        nn.ReLU(inplace=True),
+        nn.MaxPool2d(kernel_size=3, stride=2),
+        nn.Conv2d(64, 192, kernel_size=5, padding=2),
+        nn.ReLU(inplace=True),
+        nn.MaxPool2d(kernel_size=3, stride=2),
+        nn.Conv2d(192, 384, kernel_size=3, padding=1),
+        nn.ReLU(inplace=True),
+        nn.Conv2d(384, 256, kernel_size=3, padding=1),
+        nn.ReLU(inplace=True),
+        nn.Conv2d(256, 256, kernel_size=3, padding=1),
+        nn.ReLU(inplace=True),
+        nn.MaxPool2d(kernel_size=3, stride=2),
+    )
+    windows = [(11, 4, 2, False), (3, 2, 0, False), (3, 2, 0, False), (3, 2, 0, False)]
+    return layers, windows
+
+
+def fc_classifier(in_features: int, fc_size: int, num_classes: int, dropout: float) -> nn.Sequential:
+    """Dropout -> FC -> ReLU -> Dropout -> FC -> ReLU -> FC, torchvision's order and indices."""
+    return nn.Sequential(
+        nn.Dropout(dropout),
+        nn.Linear(in_features, fc_size),
+        nn.ReLU(inplace=True),
+        nn.Dropout(dropout),
+        nn.Linear(fc_size, fc_size),
+        nn.ReLU(inplace=True),
+        nn.Linear(fc_size, num_classes),
+    )
+
+
+class ConvFCNet(nn.Module):
+    """A feature extractor with a known window list followed by an FC classifier sized from ``input_size``."""
+
+    name = "network"
+    native_size = 224
+
+    def _build(self, features: nn.Sequential, windows: list[Window], out_channels: int, in_channels: int,
+               num_classes: int, input_size: int, fc_size: int, dropout: float) -> None:
+        require_positive_int("in_channels", in_channels)
+        require_positive_int("num_classes", num_classes)
+        require_positive_int("fc_size", fc_size)
+        require_probability("dropout", dropout)
+        require_min_input_size(self.name, input_size, minimum_input_size(windows), self.native_size)
+        side = feature_size(input_size, windows)
+        self.features = features
+        self.feature_shape = (out_channels, side, side)
+        self.avgpool = nn.Identity()
+        self.classifier = fc_classifier(out_channels * side * side, fc_size, num_classes, dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(torch.flatten(self.avgpool(self.features(x)), 1))
+
+
+class AlexNet(ConvFCNet):
+    name = "AlexNet"
+    native_size = 227
+
+    def __init__(
+        self,
+        in_channels: int = 3,
+        num_classes: int = 1000,
+        input_size: int = 227,
+        layout: str = "paper",
+        fc_size: int = 4096,
+        dropout: float = 0.5,
+        init: str = "gaussian",
+    ) -> None:
+        super().__init__()
+        require_choice("layout", layout, LAYOUTS)
+        features, windows = (paper_features if layout == "paper" else torchvision_features)(in_channels)
+        self._build(features, windows, 256, in_channels, num_classes, input_size, fc_size, dropout)
+        init_weights(self, init, gaussian_std=0.01)
+        if init == "gaussian" and layout == "paper":
+            for index in (4, 10, 12):  # conv2, conv4, conv5
+                nn.init.ones_(self.features[index].bias)
+            for layer in self.classifier:
+                if isinstance(layer, nn.Linear):
+                    nn.init.ones_(layer.bias)

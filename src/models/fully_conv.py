@@ -1,0 +1,85 @@
+"""Fully convolutional conversion (Long, Shelhamer & Darrell 2015, Fig. 2) for VGG, AlexNet, ZFNet, LeNet.
+
+An FC layer over a C x h x w map is a conv with an h x w kernel; every later FC layer is a 1x1 conv.
+Copying the weights over gives the same logits at the native input size, and on a larger image the
+network slides itself over every window at once, returning a class-score heatmap instead of one vector.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from models.errors import ModelConfigError
+
+
+class FullyConvolutional(nn.Module):
+    """``features`` then the converted head; ``forward`` returns (N, classes, H', W') scores."""
+
+    def __init__(self, features: nn.Module, head: nn.Sequential) -> None:
+        super().__init__()
+        self.features = features
+        self.head = head
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x))
+
+
+def linear_to_conv(linear: nn.Linear, in_channels: int, kernel: int) -> nn.Conv2d:
+    """A conv computing ``linear`` on each ``in_channels x kernel x kernel`` window (weights reshaped)."""
+    conv = nn.Conv2d(in_channels, linear.out_features, kernel, bias=linear.bias is not None)
+    conv = conv.to(device=linear.weight.device, dtype=linear.weight.dtype)
+    with torch.no_grad():
+        conv.weight.copy_(linear.weight.reshape(linear.out_features, in_channels, kernel, kernel))
+        if linear.bias is not None:
+            conv.bias.copy_(linear.bias)
+    return conv
+
+
+def to_fully_convolutional(model: nn.Module) -> FullyConvolutional:
+    """Convert a ``features`` + FC ``classifier`` model; the original model is left untouched.
+
+    The model must say which map its classifier flattens in ``feature_shape`` (C, H, W); VGG, AlexNet,
+    ZFNet and LeNet-5 do.
+    """
+    shape = getattr(model, "feature_shape", None)
+    if shape is None or not isinstance(getattr(model, "classifier", None), nn.Sequential):
+        raise ModelConfigError(
+            "model", type(model).__name__, "has no FC classifier over a known feature map to convert.",
+            "Use VGG, AlexNet, ZFNet or LeNet-5 (networks ending in global pooling are already convolutional).",
+        )
+    channels, height, width = shape
+    if height != width:
+        raise ModelConfigError("model", type(model).__name__, "has a non-square feature map.", "Use square inputs.")
+    head: list[nn.Module] = []
+    first = True
+    for layer in model.classifier:
+        if isinstance(layer, nn.Flatten):
+            continue
+        if isinstance(layer, nn.Linear):
+            if first:
+                head.append(linear_to_conv(layer, channels, height))
+                first = False
+            else:
+                head.append(linear_to_conv(layer, layer.in_features, 1))
+        else:
+            head.append(type(layer)(**_init_kwargs(layer)))
+    avgpool = getattr(model, "avgpool", nn.Identity())
+    import copy
+
+    features = nn.Sequential(copy.deepcopy(model.features), copy.deepcopy(avgpool))
+    result = FullyConvolutional(features, nn.Sequential(*head))
+    result.train(model.training)
+    return result
+
+
+def _init_kwargs(layer: nn.Module) -> dict:
+    """Rebuild a parameter-free layer (ReLU, Tanh, Dropout...) with the same settings."""
+    if isinstance(layer, nn.Dropout):
+        return {"p": layer.p}
+    if isinstance(layer, (nn.ReLU, nn.ReLU6)):
+        return {"inplace": layer.inplace}
+    if any(True for _ in layer.parameters()):
+        raise ModelConfigError("model", type(layer).__name__, "is a layer with weights in the classifier that "
+                               "cannot be converted.", "Only Linear layers and activations can be converted.")
+    return {}

@@ -1,0 +1,72 @@
+"""Inception v3 (Szegedy et al. 2016, "Rethinking the Inception Architecture"), via torchvision.
+
+torchvision's ``Inception3`` already is the paper's network: 5x5 convs factorised into two 3x3 (Fig. 5),
+n x n into 1 x n + n x 1 on the 17x17 grid (Fig. 6, n = 7), expanded filter banks on the 8x8 grid
+(Fig. 7), grid reduction by parallel stride-2 conv and pool branches, BN everywhere and one auxiliary
+classifier on the 17x17 grid. This class adds the project's contract around it: ``in_channels`` other
+than 3, the ``input_size`` check, ``(main, aux)`` as a plain tuple in training mode, and the paper's
+"BN-auxiliary" variant, whose auxiliary FC output is batch-normalised too.
+
+Label smoothing (Sec. 7) is a property of the loss, not of the network: set it on the training loss.
+State dicts of torchvision's ``inception_v3`` load with ``aux_batch_norm: false`` and 3 input channels.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+
+import torch
+from torch import nn
+from torchvision.models.inception import BasicConv2d, Inception3
+
+from models.errors import ModelConfigError, require_positive_int, require_probability
+from models.geometry import Window, minimum_input_size
+from models.init import init_weights
+
+# Stem and grid reductions up to the 17x17 grid (where the auxiliary head sits), then to 8x8.
+TO_GRID_17: list[Window] = [(3, 2, 0, False), (3, 1, 0, False), (3, 2, 0, False), (3, 1, 0, False),
+                            (3, 2, 0, False), (3, 2, 0, False)]
+TO_GRID_8: list[Window] = [*TO_GRID_17, (3, 2, 0, False)]
+# The auxiliary head pools 5x5/3 and then applies a 5x5 valid conv.
+TO_AUX: list[Window] = [*TO_GRID_17, (5, 3, 0, False), (5, 1, 0, False)]
+
+
+class InceptionV3(Inception3):
+    def __init__(
+        self,
+        in_channels: int = 3,
+        num_classes: int = 1000,
+        input_size: int = 299,
+        aux_logits: bool = True,
+        aux_batch_norm: bool = False,
+        dropout: float = 0.5,
+        init: str = "default",
+    ) -> None:
+        require_positive_int("in_channels", in_channels)
+        require_positive_int("num_classes", num_classes)
+        require_positive_int("input_size", input_size)
+        require_probability("dropout", dropout)
+        minimum = minimum_input_size(TO_AUX if aux_logits else TO_GRID_8)
+        if input_size < minimum:
+            why = "its auxiliary head needs a 17x17 grid" if aux_logits else "its stem and grid reductions"
+            raise ModelConfigError(
+                "input_size", input_size, f"is too small for Inception v3 ({why}).",
+                f"Set data.image_size to at least {minimum} (the paper's input is 299x299)"
+                + (", or aux_logits: false." if aux_logits else "."),
+            )
+        super().__init__(num_classes=num_classes, aux_logits=aux_logits, transform_input=False,
+                         init_weights=init == "default", dropout=dropout)
+        if in_channels != 3:
+            self.Conv2d_1a_3x3 = BasicConv2d(in_channels, 32, kernel_size=3, stride=2)
+        if aux_logits and aux_batch_norm:
+            self.AuxLogits.fc = nn.Sequential(OrderedDict(
+                linear=nn.Linear(768, num_classes, bias=False), bn=nn.BatchNorm1d(num_classes),
+            ))
+        if init != "default":
+            init_weights(self, init)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        logits, aux = self._forward(x)
+        if self.training and self.aux_logits:
+            return logits, aux
+        return logits
