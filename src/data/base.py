@@ -35,6 +35,26 @@ class TensorBatches(torch.utils.data.Dataset):
         return self.images[index], self.labels[index]
 
 
+class EpochSeededSampler(RandomSampler):
+    """A random order that is a function of (seed, epoch) only.
+
+    Lightning calls ``set_epoch`` before every epoch, so a run resumed at an epoch boundary sees the
+    same order as one that never stopped. Under DDP, Lightning swaps it for its DistributedSampler,
+    which works the same way.
+    """
+
+    def __init__(self, data_source, seed: int = 0) -> None:
+        super().__init__(data_source)
+        self.seed, self.epoch = int(seed), 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def __iter__(self):
+        self.generator = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+        return super().__iter__()
+
+
 def already_batched(batch):
     """Collate function for :class:`TensorBatches`: the dataset already returns a batch."""
     return batch
@@ -82,6 +102,7 @@ class InMemoryDataModule(pl.LightningDataModule):
         num_workers: int = 0,
         augment: Mapping[str, Any] | None = None,
         split_seed: int = 0,
+        shuffle_seed: int = 0,
         subset: int | None = None,
         test_subset: int | None = None,
         device_resident: bool = False,
@@ -105,7 +126,7 @@ class InMemoryDataModule(pl.LightningDataModule):
             raise DataConfigError("val_size", val_size, "must be a count >= 0 or a fraction in [0, 1).",
                                   "Use e.g. 5000 or 0.1.")
         self.root, self.download, self.val_size = str(root), bool(download), val_size
-        self.num_workers, self.split_seed = num_workers, split_seed
+        self.num_workers, self.split_seed, self.shuffle_seed = num_workers, split_seed, int(shuffle_seed)
         self.subset, self.test_subset, self.device_resident = subset, test_subset, bool(device_resident)
         self.mean, self.std = list(mean), list(std)
         augment = dict(augment or {})
@@ -200,13 +221,16 @@ class InMemoryDataModule(pl.LightningDataModule):
     def _loader(self, dataset: TensorBatches | None, shuffle: bool) -> DataLoader:
         if dataset is None:
             raise RuntimeError("setup() must run before asking for a dataloader")
-        sampler = RandomSampler(dataset) if shuffle else SequentialSampler(dataset)
+        sampler = EpochSeededSampler(dataset, self.shuffle_seed) if shuffle else SequentialSampler(dataset)
         size = self.batch_size if shuffle else self.eval_batch_size
         resident = dataset.labels.device.type != "cpu"
         return DataLoader(
             dataset,
             batch_sampler=BatchSampler(sampler, size, drop_last=False),
             collate_fn=already_batched,
+            # Its own generator: creating an iterator then draws no number from torch's global RNG,
+            # whose per-epoch state (dropout, augmentation) must not depend on when loaders start.
+            generator=torch.Generator().manual_seed(self.shuffle_seed),
             num_workers=0 if resident else self.num_workers,
             pin_memory=not resident and torch.cuda.is_available(),
             persistent_workers=self.num_workers > 0 and not resident,

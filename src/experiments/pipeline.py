@@ -40,6 +40,9 @@ def _resume_target(cfg: DictConfig, fresh_dir: Path) -> Path | None:
 
 
 def train(cfg: DictConfig) -> float:
+    from experiments.console import silence_harmless_warnings
+
+    silence_harmless_warnings()
     started = time.time()
     fresh_dir = Path(cfg.paths.run_dir)
     try:
@@ -107,7 +110,10 @@ def _build_trainer(cfg: DictConfig, keep_through_epoch: int | None):
     from hydra.utils import instantiate
     from pytorch_lightning.callbacks import RichProgressBar
 
+    from callbacks.epoch_seed import EpochSeed
+
     callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None]
+    callbacks.append(EpochSeed(int(cfg.seed)))
     quiet = bool(cfg.get("quiet"))
     if quiet:
         callbacks = [c for c in callbacks if type(c).__name__ != "EpochLine"]

@@ -1,0 +1,59 @@
+"""Shared test helpers: the repo's config folder, Hydra composition, and running the real CLI."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+CONF = REPO / "conf"
+TESTS = REPO / "tests"
+
+
+@pytest.fixture
+def compose():
+    """Compose ``conf/train.yaml`` with overrides, with Hydra's runtime info available to resolvers."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+    from hydra.core.hydra_config import HydraConfig
+
+    def _compose(overrides: list[str] = (), config_name: str = "train"):
+        with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+            cfg = hydra_compose(config_name=config_name, overrides=list(overrides), return_hydra_config=True)
+        HydraConfig.instance().set_config(cfg)
+        return cfg
+
+    return _compose
+
+
+def run_cli(module: str, *args: str, cwd: Path, env: dict | None = None, timeout: int = 300,
+            check: bool = False) -> subprocess.CompletedProcess:
+    """Run ``python -m <module> args`` the way a user does, from ``cwd``."""
+    full_env = {**os.environ, "PYTHONPATH": str(TESTS / "helpers"), "WANDB_MODE": "offline",
+                "HYDRA_FULL_ERROR": "0", **(env or {})}
+    full_env.pop("HYDRA_FULL_ERROR") if full_env.get("HYDRA_FULL_ERROR") == "0" else None
+    result = subprocess.run([sys.executable, "-m", module, *args], cwd=cwd, env=full_env, text=True,
+                            capture_output=True, timeout=timeout)
+    if check and result.returncode != 0:
+        raise AssertionError(f"{module} {' '.join(args)} failed ({result.returncode}):\n{result.stdout[-3000:]}\n"
+                             f"{result.stderr[-5000:]}")
+    return result
+
+
+def tree_hashes(folder: Path) -> dict[str, str]:
+    """Every file under ``folder`` with its sha256: to prove a command changed nothing there."""
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+# Tiny and fast: LeNet-5 on learnable synthetic 1x32x32 images.
+TINY = [
+    "data=synthetic", "data.in_channels=1", "data.mean=[0.5]", "data.std=[0.25]", "data.num_train=384",
+    "data.num_test=128", "data.val_size=128", "data.batch_size=64", "data.signal=0.3",
+    "model=lenet5", "quiet=true",
+]
