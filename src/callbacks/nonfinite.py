@@ -88,16 +88,24 @@ class NonFiniteGuard:
         return not bool(ok)  # the one host sync of the guard
 
     def _keep_last_checkpoints(self, trainer: pl.Trainer) -> None:
-        """Move every existing last.ckpt aside; :meth:`fit_end` puts them back over what is saved next."""
+        """Move aside every checkpoint that holds the latest state (``last.ckpt`` whether written by
+        ``save_last`` or by a monitor-less checkpoint callback); :meth:`fit_end` puts them back over
+        whatever is saved after the divergence."""
+        paths: set[Path] = set()
         for callback in trainer.checkpoint_callbacks:
-            if not isinstance(callback, ModelCheckpoint) or not callback.save_last:
+            if not isinstance(callback, ModelCheckpoint):
                 continue
-            path = Path(callback.last_model_path) if callback.last_model_path else None
-            if path is None or not path.is_file() or path.is_symlink():
-                continue
-            aside = path.with_name(path.name + _KEPT_SUFFIX)
-            os.replace(path, aside)
-            self._kept.append((aside, path))
+            if callback.last_model_path:
+                paths.add(Path(callback.last_model_path))
+            if callback.monitor is None and callback.best_model_path:
+                paths.add(Path(callback.best_model_path))
+            if callback.dirpath:
+                paths.add(Path(callback.dirpath) / f"{ModelCheckpoint.CHECKPOINT_NAME_LAST}{callback.FILE_EXTENSION}")
+        for path in sorted(paths):
+            if path.is_file() and not path.is_symlink():
+                aside = path.with_name(path.name + _KEPT_SUFFIX)
+                os.replace(path, aside)
+                self._kept.append((aside, path))
 
     def fit_end(self, trainer: pl.Trainer) -> None:
         """After the final checkpoints were written: restore the last good ones."""

@@ -90,23 +90,41 @@ class Predictions(pl.Callback):
         datamodule = trainer.datamodule
         images = plotting.denormalise(self.mistakes["images"], getattr(datamodule, "mean", None),
                                       getattr(datamodule, "std", None))
-        count = len(images)
         names = class_names(trainer, num_classes_of(trainer, trainer.lightning_module) or 0)
-        columns = min(self.columns, count)
-        rows = -(-count // columns)
-        figure = plotting.new_figure(1.5 * columns, 1.75 * rows)
-        for i in range(count):
-            axes = figure.add_subplot(rows, columns, i + 1)
-            picture = images[i].permute(1, 2, 0).numpy()
-            axes.imshow(picture[..., 0] if picture.shape[2] == 1 else picture, cmap="gray", vmin=0, vmax=1,
-                        interpolation="nearest")
-            true, predicted = int(self.mistakes["true"][i]), int(self.mistakes["predicted"][i])
-            label = lambda k: names[k] if k < len(names) else str(k)  # noqa: E731
-            axes.set_title(f"true: {label(true)}\npred: {label(predicted)} "
-                           f"({100 * float(self.mistakes['confidence'][i]):.0f}%)", fontsize=7, color="C3")
-            axes.axis("off")
+        figure = self.figure(images, self.mistakes, names, self.columns)
         epochs_done = (self._epoch or 0) + 1
-        figure.suptitle(f"misclassified validation images after epoch {epochs_done}", fontsize=9)
-        figure.tight_layout()
+        figure.axes[0].set_title(f"misclassified validation images after epoch {epochs_done}", fontsize=9)
         return media.log_figure(trainer, "misclassified", figure,
                                 f"predictions/misclassified_epoch{epochs_done:03d}.png")
+
+    @staticmethod
+    def figure(images: torch.Tensor, mistakes: dict[str, torch.Tensor], names: list[str], columns: int):
+        """One axes showing all images as a single grid, each labelled above: one image and a few
+        dozen text labels to draw, instead of one subplot per image (10x slower)."""
+        count, _, height, width = images.shape
+        columns = max(1, min(columns, count))
+        label_px = max(12, height // 2)  # room above each image for its two-line label
+        pad = 2
+        tiles = torch.ones(count, images.shape[1], height + label_px, width)
+        tiles[:, :, label_px:] = images
+        canvas = plotting.grid(tiles, columns=columns, min_tile_px=0, padding=pad)
+        zoom = max(1.0, 64 / width)  # each image shown at least 64 px wide (figure at 100 dpi)
+        figure = plotting.new_figure(max(3.0, canvas.shape[2] * zoom / 100),
+                                     max(2.0, canvas.shape[1] * zoom / 100 / 0.94))
+        axes = figure.add_axes((0, 0, 1, 0.94))
+        picture = canvas.permute(1, 2, 0).numpy()
+        axes.imshow(picture[..., 0] if picture.shape[2] == 1 else picture, cmap="gray", vmin=0, vmax=1,
+                    interpolation="nearest")
+        axes.axis("off")
+
+        def label(k: int) -> str:
+            return names[k] if k < len(names) else str(k)
+
+        for i in range(count):
+            r, c = divmod(i, columns)
+            x = pad + c * (width + pad) + width / 2
+            y = pad + r * (height + label_px + pad) + label_px / 2
+            true, predicted = int(mistakes["true"][i]), int(mistakes["predicted"][i])
+            axes.text(x, y, f"{label(true)} -> {label(predicted)}\n{100 * float(mistakes['confidence'][i]):.0f}%",
+                      ha="center", va="center", fontsize=6, color="C3")
+        return figure

@@ -101,8 +101,13 @@ def forward(model: nn.Module, x: torch.Tensor) -> Any:
 @contextmanager
 def hooks(modules: dict[str, nn.Module], hook: Callable[[str, nn.Module, tuple, Any], None]) -> Iterator[None]:
     """Forward hooks on ``modules`` (name -> module) for the duration of the block, removed afterwards."""
-    handles = [m.register_forward_hook(lambda mod, inp, out, _n=name: hook(_n, mod, inp, out))
-               for name, m in modules.items()]
+    def observer(name: str) -> Callable[[nn.Module, tuple, Any], None]:
+        def observe(module: nn.Module, inputs: tuple, output: Any) -> None:
+            hook(name, module, inputs, output)  # never returns a value: outputs stay untouched
+
+        return observe
+
+    handles = [m.register_forward_hook(observer(name)) for name, m in modules.items()]
     try:
         yield
     finally:
@@ -183,7 +188,12 @@ def trace(model: nn.Module, x: torch.Tensor) -> Trace:
 
     # Every output stays referenced until the trace ends, so no id can be reused by a new tensor.
     keep: list[Any] = []
-    with evaluation(model), hooks(leaves, lambda n, m, i, o: (keep.append(o), record(n, m, i, o))):
+
+    def keep_and_record(name: str, module: nn.Module, inputs: tuple, output: Any) -> None:
+        keep.append(output)
+        record(name, module, inputs, output)
+
+    with evaluation(model), hooks(leaves, keep_and_record):
         forward(model, x[:2])
     keep.clear()
     return result

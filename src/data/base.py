@@ -12,7 +12,7 @@ from typing import Any
 
 import pytorch_lightning as pl
 import torch
-from torch.utils.data import BatchSampler, DataLoader, RandomSampler, SequentialSampler
+from torch.utils.data import DataLoader, RandomSampler, SequentialSampler
 
 from data.augment import BatchPipeline
 from data.errors import DataConfigError
@@ -57,7 +57,10 @@ class EpochSeededSampler(RandomSampler):
 
 def already_batched(batch):
     """Collate function for :class:`TensorBatches`: the dataset already returns a batch."""
-    return batch
+    images, labels = batch
+    if labels.ndim != 1:  # a loader rebuilt without batching would hand over single samples
+        raise RuntimeError("TensorBatches must be read in batches (DataLoader with batch_size set)")
+    return images, labels
 
 
 def channel_stats(images: torch.Tensor, chunk: int = 4096) -> tuple[list[float], list[float]]:
@@ -78,6 +81,21 @@ def _positive_int(key: str, value: Any, example: str) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
         raise DataConfigError(key, value, "must be a positive integer.", f"Set data.{key}={example}.")
     return value
+
+
+def check_mean_std(mean: Sequence[float], std: Sequence[float], in_channels: int) -> None:
+    """One mean and one positive std per channel; a count that disagrees names ``in_channels``."""
+    mean, std = list(mean), list(std)
+    if len(mean) != len(std):
+        raise DataConfigError("mean/std", (mean, std), f"have {len(mean)} and {len(std)} values.",
+                              "Give one value per channel in each (python -m data.stats recomputes them).")
+    if len(mean) != in_channels:
+        raise DataConfigError("in_channels", in_channels, f"but data.mean and data.std have {len(mean)} values "
+                              "(one per channel).", f"Set data.in_channels={len(mean)}, or give {in_channels} "
+                              "mean/std values (python -m data.stats recomputes them).")
+    if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in mean + std) or min(std) <= 0:
+        raise DataConfigError("mean/std", (mean, std), "must be numbers, with every std positive.",
+                              "Recompute them with python -m data.stats.")
 
 
 class InMemoryDataModule(pl.LightningDataModule):
@@ -111,22 +129,25 @@ class InMemoryDataModule(pl.LightningDataModule):
         self.in_channels = _positive_int("in_channels", in_channels, "3")
         self.num_classes = _positive_int("num_classes", num_classes, "10")
         self.native_size = _positive_int("native_size", native_size, "32")
-        self.image_size = _positive_int("image_size", image_size or native_size, "32")
+        self.image_size = _positive_int("image_size", native_size if image_size is None else image_size, "32")
         self.batch_size = _positive_int("batch_size", batch_size, "128")
-        self.eval_batch_size = _positive_int("eval_batch_size", eval_batch_size or batch_size, "256")
+        self.eval_batch_size = _positive_int(
+            "eval_batch_size", batch_size if eval_batch_size is None else eval_batch_size, "256")
         if isinstance(num_workers, bool) or not isinstance(num_workers, int) or num_workers < 0:
             raise DataConfigError("num_workers", num_workers, "must be an integer >= 0.", "Use 0 for in-memory data.")
         for key, value in (("subset", subset), ("test_subset", test_subset)):
             if value is not None:
                 _positive_int(key, value, "10000 (or null for all)")
-        if len(mean) != in_channels or len(std) != in_channels or min(std) <= 0:
-            raise DataConfigError("mean/std", (list(mean), list(std)), f"need {in_channels} values each "
-                                  "(one per channel) and positive std.", "Recompute them with data.stats.")
-        if isinstance(val_size, bool) or not isinstance(val_size, (int, float)) or val_size < 0:
-            raise DataConfigError("val_size", val_size, "must be a count >= 0 or a fraction in [0, 1).",
-                                  "Use e.g. 5000 or 0.1.")
+        for key, value in (("split_seed", split_seed), ("shuffle_seed", shuffle_seed)):
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise DataConfigError(key, value, "must be an integer.", f"Set data.{key}=0.")
+        check_mean_std(mean, std, in_channels)
+        if (isinstance(val_size, bool) or not isinstance(val_size, (int, float)) or val_size < 0
+                or (isinstance(val_size, float) and not val_size < 1)):
+            raise DataConfigError("val_size", val_size, "must be a count >= 0 (an integer) or a fraction in "
+                                  "[0, 1).", "Use e.g. 5000 or 0.1.")
         self.root, self.download, self.val_size = str(root), bool(download), val_size
-        self.num_workers, self.split_seed, self.shuffle_seed = num_workers, split_seed, int(shuffle_seed)
+        self.num_workers, self.split_seed, self.shuffle_seed = num_workers, split_seed, shuffle_seed
         self.subset, self.test_subset, self.device_resident = subset, test_subset, bool(device_resident)
         self.mean, self.std = list(mean), list(std)
         augment = dict(augment or {})
@@ -182,8 +203,6 @@ class InMemoryDataModule(pl.LightningDataModule):
     # --- helpers --------------------------------------------------------------------------------
     def _split_indices(self, n: int) -> tuple[torch.Tensor, torch.Tensor]:
         n_val = int(round(self.val_size * n)) if isinstance(self.val_size, float) else int(self.val_size)
-        if isinstance(self.val_size, float) and not self.val_size < 1:
-            raise DataConfigError("val_size", self.val_size, "as a fraction must be below 1.", "Use e.g. 0.1.")
         if n_val >= n:
             raise DataConfigError("val_size", self.val_size, f"leaves no training images (the training split "
                                   f"has {n}).", f"Use fewer than {n} images for validation, e.g. {n // 10}.")
@@ -224,9 +243,14 @@ class InMemoryDataModule(pl.LightningDataModule):
         sampler = EpochSeededSampler(dataset, self.shuffle_seed) if shuffle else SequentialSampler(dataset)
         size = self.batch_size if shuffle else self.eval_batch_size
         resident = dataset.labels.device.type != "cpu"
+        # batch_size + sampler (not a batch_sampler): Lightning's DDP swaps in a DistributedSampler and
+        # keeps the batch size; with a batch_sampler it would rebuild the loader with batch_size=None.
+        # The fetcher still hands each whole batch of indices to TensorBatches.__getitems__.
         return DataLoader(
             dataset,
-            batch_sampler=BatchSampler(sampler, size, drop_last=False),
+            batch_size=size,
+            sampler=sampler,
+            drop_last=False,
             collate_fn=already_batched,
             # Its own generator: creating an iterator then draws no number from torch's global RNG,
             # whose per-epoch state (dropout, augmentation) must not depend on when loaders start.

@@ -7,6 +7,7 @@ package ships them gzipped in a read-only folder; this reader takes either witho
 from __future__ import annotations
 
 import gzip
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -25,7 +26,11 @@ def resolve(folder: Path, name: str) -> Path:
 def read_idx(path: Path) -> torch.Tensor:
     """Parse one IDX file into a tensor; a truncated or corrupt file is a clear data error."""
     try:
-        raw = gzip.open(path, "rb").read() if path.suffix == ".gz" else path.read_bytes()
+        if path.suffix == ".gz":
+            with gzip.open(path, "rb") as handle:
+                raw = handle.read()
+        else:
+            raw = path.read_bytes()
         zero, dtype_code, ndim = raw[0] << 8 | raw[1], raw[2], raw[3]
         if zero != 0 or dtype_code not in _DTYPES or not 1 <= ndim <= 4:
             raise ValueError("bad magic number")
@@ -33,7 +38,7 @@ def read_idx(path: Path) -> torch.Tensor:
         array = np.frombuffer(raw, dtype=_DTYPES[dtype_code], offset=4 + 4 * ndim)
         if array.size != int(np.prod(shape)):
             raise ValueError(f"header says {shape} but the file holds {array.size} values")
-    except (OSError, EOFError, ValueError, IndexError) as error:
+    except (OSError, EOFError, ValueError, IndexError, zlib.error) as error:  # zlib: a scrambled .gz
         raise DataConfigError(
             "root", str(path.parent), f"the IDX file {path.name} is truncated or corrupt ({error}).",
             "Delete it and fetch the dataset again (or reinstall the Debian dataset package).",

@@ -68,6 +68,28 @@ class ImageFolderDataModule(pl.LightningDataModule):
         from torchvision.datasets.folder import IMG_EXTENSIONS, make_dataset
 
         self.root = Path(str(root)).expanduser()
+        for key, value in (("batch_size", batch_size), ("image_size", image_size),
+                           ("eval_batch_size", batch_size if eval_batch_size is None else eval_batch_size)):
+            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+                raise DataConfigError(key, value, "must be a positive integer.", f"Set e.g. data.{key}=256.")
+        if isinstance(num_workers, bool) or not isinstance(num_workers, int) or num_workers < 0:
+            raise DataConfigError("num_workers", num_workers, "must be an integer >= 0.",
+                                  "Use e.g. 2 (the images are decoded in the workers).")
+        if in_channels not in (1, 3):
+            raise DataConfigError("in_channels", in_channels, "must be 1 (grayscale) or 3 (RGB).", "Use 3.")
+        if len(mean) < in_channels or len(std) < in_channels or min(list(std)[:in_channels]) <= 0:
+            raise DataConfigError("mean/std", (list(mean), list(std)), f"need {in_channels} values each and a "
+                                  "positive std.", "Use the ImageNet values of conf/data/imagefolder.yaml.")
+        if isinstance(val_size, bool) or not isinstance(val_size, (int, float)) or val_size < 0 or (
+                isinstance(val_size, float) and not val_size < 1):
+            raise DataConfigError("val_size", val_size, "must be a count >= 0 (an integer) or a fraction in "
+                                  "[0, 1).", "Use a fraction such as 0.02.")
+        augment = dict(augment or {})
+        unknown = set(augment) - {"scale", "hflip", "color_jitter"}
+        scale = augment.get("scale", (256, 480))
+        if unknown or len(scale) != 2 or not 0 < int(scale[0]) <= int(scale[1]):
+            raise DataConfigError("augment", augment, "takes scale: [min, max] shorter side (0 < min <= max), "
+                                  "hflip and color_jitter only.", "Use e.g. scale: [256, 480].")
         train_root = self.root / train_dir
         if not train_root.is_dir():
             raise DataConfigError("root", str(root), f"has no `{train_dir}/` folder of class subfolders.",
@@ -79,22 +101,30 @@ class ImageFolderDataModule(pl.LightningDataModule):
         if num_classes is not None and num_classes != len(self.classes):
             raise DataConfigError("num_classes", num_classes, f"but {train_root} has {len(self.classes)} classes.",
                                   f"Set data.num_classes={len(self.classes)} or null to infer it.")
-        if in_channels not in (1, 3):
-            raise DataConfigError("in_channels", in_channels, "must be 1 (grayscale) or 3 (RGB).", "Use 3.")
         class_to_idx = {name: i for i, name in enumerate(self.classes)}
-        self.train_samples = make_dataset(str(train_root), class_to_idx, IMG_EXTENSIONS)
         test_root = next((self.root / d for d in test_dirs if (self.root / d).is_dir()), None)
-        self.test_samples = make_dataset(str(test_root), class_to_idx, IMG_EXTENSIONS) if test_root else []
+        try:
+            self.train_samples = make_dataset(str(train_root), class_to_idx, IMG_EXTENSIONS)
+            self.test_samples = make_dataset(str(test_root), class_to_idx, IMG_EXTENSIONS) if test_root else []
+        except FileNotFoundError as error:  # a class folder without a single image
+            raise DataConfigError("root", str(root), f"has a class without images: {error}",
+                                  "Every class needs images under both train/ and val/ (or remove the "
+                                  "empty class folder).") from None
+        n = len(self.train_samples)
+        n_val = int(round(val_size * n)) if isinstance(val_size, float) else int(val_size)
+        if n_val >= n:
+            raise DataConfigError("val_size", val_size, f"leaves no training images (there are {n}).",
+                                  "Use a fraction such as 0.02.")
         if verify_images:
             self._verify(self.train_samples + self.test_samples)
         self.in_channels, self.num_classes, self.image_size = in_channels, len(self.classes), image_size
         self.native_size = native_size or image_size
-        self.batch_size, self.eval_batch_size = batch_size, eval_batch_size or batch_size
+        self.batch_size = batch_size
+        self.eval_batch_size = batch_size if eval_batch_size is None else eval_batch_size
         self.num_workers, self.val_size, self.split_seed = num_workers, val_size, split_seed
         self.subset, self.test_subset = subset, test_subset
         self.mean, self.std = list(mean)[:in_channels], list(std)[:in_channels]
-        augment = dict(augment or {})
-        self.scale = tuple(augment.get("scale", (256, 480)))
+        self.scale = (int(scale[0]), int(scale[1]))
         self.hflip = bool(augment.get("hflip", True))
         self.color_jitter = float(augment.get("color_jitter", 0.0))
         self.mode = "RGB" if in_channels == 3 else "L"
@@ -139,9 +169,6 @@ class ImageFolderDataModule(pl.LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         n = len(self.train_samples)
         n_val = int(round(self.val_size * n)) if isinstance(self.val_size, float) else int(self.val_size)
-        if not 0 <= n_val < n:
-            raise DataConfigError("val_size", self.val_size, f"must leave training images (there are {n}).",
-                                  "Use a fraction such as 0.02.")
         order = torch.randperm(n, generator=torch.Generator().manual_seed(self.split_seed)).tolist()
         train_idx = order[n_val:][: self.subset] if self.subset else order[n_val:]
         self.train_set = Subset(self._folder(self.train_samples, train=True), train_idx)

@@ -35,8 +35,10 @@ class SVHNDataModule(InMemoryDataModule):
         )
         try:
             dataset = _TrustingSVHN(str(folder), split=split, download=False)
-        except (ValueError, OSError, KeyError, TypeError) as error:
-            raise DataConfigError("root", str(folder), f"{filename} is truncated or corrupt ({error}).",
-                                  "Delete it and fetch it again.")
-        images = torch.from_numpy(np.ascontiguousarray(dataset.data))  # already N x C x H x W
-        return images, torch.as_tensor(dataset.labels, dtype=torch.long)
+            images = torch.from_numpy(np.ascontiguousarray(dataset.data))  # already N x C x H x W
+            labels = torch.as_tensor(np.asarray(dataset.labels, dtype=np.int64).reshape(-1))
+        except Exception as error:  # scipy raises many kinds for a truncated or foreign file
+            detail = " ".join(f"{type(error).__name__}: {error}".split())[:200]
+            raise DataConfigError("root", str(folder), f"{filename} is truncated or corrupt ({detail}).",
+                                  "Delete it and fetch it again.") from None
+        return images, labels

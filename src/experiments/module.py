@@ -84,9 +84,10 @@ class ClassificationModule(pl.LightningModule):
         top5 = self.metrics[f"{stage}_top5"].compute()
         self.metrics[f"{stage}_top1"].reset()
         self.metrics[f"{stage}_top5"].reset()
-        self.log(f"{stage}/acc", 100 * top1)
-        self.log(f"{stage}/err", 100 * (1 - top1))
-        self.log(f"{stage}/err5", 100 * (1 - top5))
+        # Already reduced over processes by torchmetrics; sync_dist only averages identical values.
+        self.log(f"{stage}/acc", 100 * top1, sync_dist=True)
+        self.log(f"{stage}/err", 100 * (1 - top1), sync_dist=True)
+        self.log(f"{stage}/err5", 100 * (1 - top5), sync_dist=True)
         return float(100 * (1 - top1))
 
     def validation_step(self, batch, batch_idx: int) -> None:
@@ -96,7 +97,7 @@ class ClassificationModule(pl.LightningModule):
         err = self._log_accuracy("val")
         if not self.trainer.sanity_checking:
             self.best_val_err = min(self.best_val_err, err)
-            self.log("val/err_best", self.best_val_err)
+            self.log("val/err_best", self.best_val_err, sync_dist=True)
 
     def test_step(self, batch, batch_idx: int) -> None:
         self._evaluate(batch, "test")

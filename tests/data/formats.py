@@ -22,10 +22,22 @@ def compose_data(name: str, *overrides: str, seed: int | None = None):
 
 
 def build(name: str, *overrides: str, seed: int | None = None):
-    """Instantiate the DataModule of ``conf/data/<name>.yaml`` exactly as the training pipeline does."""
+    """Instantiate the DataModule of ``conf/data/<name>.yaml`` as the training pipeline does.
+
+    Like ``experiments.build.instantiate_or_explain``, a data error raised in a constructor is
+    unwrapped from Hydra's InstantiationException, so tests see the DataConfigError itself.
+    """
+    from hydra.errors import InstantiationException
     from hydra.utils import instantiate
 
-    return instantiate(compose_data(name, *overrides, seed=seed).data)
+    from data.errors import DataConfigError
+
+    try:
+        return instantiate(compose_data(name, *overrides, seed=seed).data)
+    except InstantiationException as error:
+        if isinstance(error.__cause__, DataConfigError):
+            raise error.__cause__ from None
+        raise
 
 
 # --- MNIST / Fashion-MNIST: IDX ---------------------------------------------------------------------
