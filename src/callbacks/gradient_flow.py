@@ -16,6 +16,7 @@ its running median. The non-finite loss guard (:mod:`callbacks.nonfinite`) check
 
 from __future__ import annotations
 
+import math
 import statistics
 from pathlib import Path
 from typing import Any
@@ -34,6 +35,11 @@ def weight_layers(model: torch.nn.Module) -> dict[str, torch.nn.Parameter]:
     """Layer name -> weight for every trainable weight with >= 2 dims (conv and linear kernels)."""
     return {name.removesuffix(".weight"): p for name, p in model.named_parameters()
             if p.requires_grad and p.ndim >= 2 and name.endswith("weight")}
+
+
+def _loggable(values) -> list[float]:
+    """Values for a log axis: zero, negative and non-finite ones become gaps (NaN) instead of errors."""
+    return [v if math.isfinite(v) and v > 0 else math.nan for v in values]
 
 
 class GradientFlow(pl.Callback):
@@ -150,14 +156,14 @@ class GradientFlow(pl.Callback):
         figure = plotting.new_figure(max(6.4, 0.18 * len(names)), 5.6)
         top, bottom = figure.subplots(2, 1, sharex=True)
         index = list(range(len(names)))
-        top.semilogy(index, [max(v, 1e-30) for v in sample["grad_norm"].values()], marker=".")
+        top.plot(index, _loggable(sample["grad_norm"].values()), marker=".")
         top.set_ylabel("gradient norm")
-        bottom.semilogy(index, [max(v, 1e-30) for v in sample["update_ratio"].values()], marker=".", color="C2")
+        bottom.plot(index, _loggable(sample["update_ratio"].values()), marker=".", color="C2")
         bottom.axhline(1e-3, color="grey", linestyle="--", linewidth=0.8)
         bottom.set_ylabel("update / weight")
-        bottom.set_xticks(index)
-        bottom.set_xticklabels(names, rotation=90, fontsize=6)
+        bottom.set_xticks(index, names, rotation=90, fontsize=6)
         for axes in (top, bottom):
+            axes.set_yscale("log")
             axes.grid(True, alpha=0.3)
         top.set_title(f"gradient flow at step {sample['step']} (input layer on the left)")
         figure.tight_layout()

@@ -19,6 +19,7 @@ import logging
 import math
 import os
 from pathlib import Path
+
 import pytorch_lightning as pl
 import torch
 from pytorch_lightning.callbacks import ModelCheckpoint

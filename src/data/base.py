@@ -19,10 +19,15 @@ from data.errors import DataConfigError
 
 
 class TensorBatches(torch.utils.data.Dataset):
-    """Images and labels as tensors; ``__getitems__`` returns a whole batch by fancy indexing."""
+    """Images and labels as tensors; ``__getitems__`` returns a whole batch by one ``index_select``.
+
+    The rows are gathered from a flat (N, C*H*W) view: on CPU, indexing the 4-D uint8 tensor with
+    ``images[index]`` costs milliseconds a batch (measured 8-13 ms for 128 Fashion-MNIST images on two
+    busy cores, slower than LeNet-5's training step), the 2-D ``index_select`` microseconds.
+    """
 
     def __init__(self, images: torch.Tensor, labels: torch.Tensor) -> None:
-        self.images, self.labels = images, labels
+        self.images, self.labels = images.contiguous(), labels
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -31,8 +36,10 @@ class TensorBatches(torch.utils.data.Dataset):
         return self.images[index], self.labels[index]
 
     def __getitems__(self, indices: list[int]):
-        index = torch.as_tensor(indices, device=self.labels.device)
-        return self.images[index], self.labels[index]
+        index = torch.as_tensor(indices, dtype=torch.long, device=self.labels.device)
+        rows = self.images.reshape(len(self.images), -1)  # a view: the images are contiguous
+        images = rows.index_select(0, index).view(len(index), *self.images.shape[1:])
+        return images, self.labels.index_select(0, index)
 
 
 class EpochSeededSampler(RandomSampler):
@@ -202,7 +209,7 @@ class InMemoryDataModule(pl.LightningDataModule):
 
     # --- helpers --------------------------------------------------------------------------------
     def _split_indices(self, n: int) -> tuple[torch.Tensor, torch.Tensor]:
-        n_val = int(round(self.val_size * n)) if isinstance(self.val_size, float) else int(self.val_size)
+        n_val = round(self.val_size * n) if isinstance(self.val_size, float) else int(self.val_size)
         if n_val >= n:
             raise DataConfigError("val_size", self.val_size, f"leaves no training images (the training split "
                                   f"has {n}).", f"Use fewer than {n} images for validation, e.g. {n // 10}.")

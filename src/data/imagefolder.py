@@ -111,7 +111,7 @@ class ImageFolderDataModule(pl.LightningDataModule):
                                   "Every class needs images under both train/ and val/ (or remove the "
                                   "empty class folder).") from None
         n = len(self.train_samples)
-        n_val = int(round(val_size * n)) if isinstance(val_size, float) else int(val_size)
+        n_val = round(val_size * n) if isinstance(val_size, float) else int(val_size)
         if n_val >= n:
             raise DataConfigError("val_size", val_size, f"leaves no training images (there are {n}).",
                                   "Use a fraction such as 0.02.")
@@ -168,7 +168,7 @@ class ImageFolderDataModule(pl.LightningDataModule):
 
     def setup(self, stage: str | None = None) -> None:
         n = len(self.train_samples)
-        n_val = int(round(self.val_size * n)) if isinstance(self.val_size, float) else int(self.val_size)
+        n_val = round(self.val_size * n) if isinstance(self.val_size, float) else int(self.val_size)
         order = torch.randperm(n, generator=torch.Generator().manual_seed(self.split_seed)).tolist()
         train_idx = order[n_val:][: self.subset] if self.subset else order[n_val:]
         self.train_set = Subset(self._folder(self.train_samples, train=True), train_idx)

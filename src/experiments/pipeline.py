@@ -35,7 +35,7 @@ def _resume_target(cfg: DictConfig, fresh_dir: Path) -> Path | None:
         from hydra.core.hydra_config import HydraConfig
 
         return runs.find_resumable(Path(cfg.paths.output_root), list(HydraConfig.get().overrides.task), fresh_dir)
-    run_dir, _ = runs.run_folder_of(resume)
+    run_dir, _ = runs.run_folder_of(resume, key="resume")
     return run_dir
 
 
@@ -88,7 +88,9 @@ def _prepare(cfg: DictConfig, resume_dir: Path | None) -> dict[str, Any]:
 
     pl.seed_everything(int(cfg.seed), workers=True, verbose=False)
     datamodule = build_datamodule(cfg)
+    datamodule.setup(None)  # read every split now: a missing or corrupt file fails before the run starts
     module = build_module(cfg)
+    _check_optimization(cfg, module, datamodule)
     run_dir = Path(cfg.paths.run_dir)
     ckpt_path = None
     keep_through_epoch = None
@@ -104,6 +106,19 @@ def _prepare(cfg: DictConfig, resume_dir: Path | None) -> dict[str, Any]:
         runs.check_writable(run_dir)
     return {"datamodule": datamodule, "module": module, "ckpt_path": ckpt_path,
             "keep_through_epoch": keep_through_epoch}
+
+
+def _check_optimization(cfg: DictConfig, module, datamodule) -> None:
+    """Build the optimizer and schedule once on the side, so their mistakes surface before training."""
+    from experiments.optim import build_optimizer, build_scheduler
+
+    batches = math.ceil(len(datamodule.train_dataloader()) / max(1, int(cfg.trainer.get("accumulate_grad_batches") or 1)))
+    epochs = int(cfg.trainer.get("max_epochs") or 1)
+    max_steps = int(cfg.trainer.get("max_steps") or -1)
+    total = max_steps if max_steps > 0 else max(1, epochs) * batches
+    optimizer = build_optimizer(cfg.optimizer, module.model)  # thrown away: Lightning builds its own
+    if cfg.get("scheduler") is not None and cfg.scheduler.get("_target_"):
+        build_scheduler(cfg.scheduler, optimizer, total, batches)
 
 
 def _build_trainer(cfg: DictConfig, keep_through_epoch: int | None):

@@ -35,6 +35,7 @@ def write_json_atomic(path: Path, payload: dict[str, Any]) -> None:
     with os.fdopen(fd, "w") as handle:
         json.dump(payload, handle, indent=2, sort_keys=True, default=str)
         handle.write("\n")
+    os.chmod(tmp, 0o644)
     os.replace(tmp, path)
 
 
@@ -79,20 +80,20 @@ def is_run_folder(folder: Path) -> bool:
     return (folder / CONFIG_FILE).is_file() or (folder / ".hydra" / "config.yaml").is_file()
 
 
-def run_folder_of(target: str | Path) -> tuple[Path, Path | None]:
-    """(run folder, explicit checkpoint or None) for a run folder or a checkpoint path."""
+def run_folder_of(target: str | Path, key: str = "run") -> tuple[Path, Path | None]:
+    """(run folder, explicit checkpoint or None) for a run folder or a checkpoint path given as ``key``."""
     path = Path(str(target)).expanduser()
     if not path.exists():
-        raise UserError("run", str(target), "does not exist.",
+        raise UserError(key, str(target), "does not exist.",
                         "Pass a run folder under outputs/ (it holds config.yaml) or a .ckpt file inside one.")
     if path.is_file():
         for parent in path.parents:
             if is_run_folder(parent):
                 return parent, path
-        raise UserError("run", str(target), "is a file outside any run folder, so its config is unknown.",
-                        "Point run= at the run folder, or keep the checkpoint inside its run's checkpoints/.")
+        raise UserError(key, str(target), "is a file outside any run folder, so its config is unknown.",
+                        f"Point {key}= at the run folder, or keep the checkpoint inside its run's checkpoints/.")
     if not is_run_folder(path):
-        raise UserError("run", str(target), "is not a run folder (no config.yaml or .hydra/config.yaml).",
+        raise UserError(key, str(target), "is not a run folder (no config.yaml or .hydra/config.yaml).",
                         "Pass the folder that `experiments.train` printed at the end of the run.")
     return path, None
 

@@ -1,0 +1,8 @@
+"""The classic CNN zoo: one module per family, plain ``nn.Module``s with typed constructor arguments.
+
+Families: ``blueprint`` (cs231n pattern), ``lenet``, ``alexnet``, ``zfnet``, ``vgg``, ``googlenet``,
+``inception`` (v3), ``resnet`` (ImageNet/CIFAR/Wide forms, plain twins, shortcut A/B/C, ResNeXt, SE,
+stochastic depth, pre-activation), ``densenet``, ``squeezenet``, ``mobilenet`` (v1, v2). Helpers:
+``fully_conv`` (FC layers to convolutions), ``profile`` (per-stage parameters and multiply-adds),
+``geometry`` (feature-map sizes), ``errors`` and ``init``. Each named variant is ``conf/model/<name>.yaml``.
+"""

@@ -17,8 +17,13 @@ from collections import OrderedDict
 import torch
 from torch import nn
 
-from models.errors import ModelConfigError, require_choice, require_min_input_size, require_positive_int
-from models.errors import require_probability
+from models.errors import (
+    ModelConfigError,
+    require_choice,
+    require_min_input_size,
+    require_positive_int,
+    require_probability,
+)
 from models.init import init_weights
 
 FORMS = ("imagenet", "cifar")

@@ -7,6 +7,8 @@ network slides itself over every window at once, returning a class-score heatmap
 
 from __future__ import annotations
 
+import copy
+
 import torch
 from torch import nn
 
@@ -65,8 +67,6 @@ def to_fully_convolutional(model: nn.Module) -> FullyConvolutional:
         else:
             head.append(type(layer)(**_init_kwargs(layer)))
     avgpool = getattr(model, "avgpool", nn.Identity())
-    import copy
-
     features = nn.Sequential(copy.deepcopy(model.features), copy.deepcopy(avgpool))
     result = FullyConvolutional(features, nn.Sequential(*head))
     result.train(model.training)

@@ -117,9 +117,9 @@ class ResidualBlock(nn.Module):
         self.residual = options.residual
         self.preactivation = options.preactivation
         self.downsample = make_shortcut(in_channels, out_channels, stride, options)
-        if options.se_reduction:
-            squeeze = max(1, out_channels // options.se_reduction)
-            self.se = SqueezeExcitation(out_channels, squeeze)
+        # SE recalibrates the residual branch's channels before the addition (Hu et al., Fig. 3).
+        self.se = (SqueezeExcitation(out_channels, max(1, out_channels // options.se_reduction))
+                   if options.se_reduction else None)
         self.stochastic_depth = StochasticDepth(drop_prob, "row") if drop_prob > 0 else None
         self.relu = nn.ReLU(inplace=True)
 
@@ -135,7 +135,7 @@ class ResidualBlock(nn.Module):
             if isinstance(self.downsample, nn.Sequential):
                 shortcut_input = x
         out = self.branch(x)
-        if hasattr(self, "se"):
+        if self.se is not None:
             out = self.se(out)
         if not self.residual:
             return out if self.preactivation else self.relu(out)
@@ -146,7 +146,8 @@ class ResidualBlock(nn.Module):
 
 
 class BasicBlock(ResidualBlock):
-    """Two 3x3 convs (Fig. 2 of He et al.); ``widen_factor`` multiplies both (WRN)."""
+    """Two 3x3 convs (Fig. 2 of He et al.); ``widen_factor`` multiplies both and ``block_dropout``
+    sits between them (WRN)."""
 
     expansion = 1
     last_bn = "bn2"
@@ -159,20 +160,20 @@ class BasicBlock(ResidualBlock):
             self.bn1 = nn.BatchNorm2d(in_channels)
             self.conv1 = conv3x3(in_channels, width, stride)
             self.bn2 = nn.BatchNorm2d(width)
-            self.dropout = nn.Dropout(options.block_dropout) if options.block_dropout > 0 else nn.Identity()
             self.conv2 = conv3x3(width, width)
         else:
             self.conv1 = conv3x3(in_channels, width, stride)
             self.bn1 = nn.BatchNorm2d(width)
             self.conv2 = conv3x3(width, width)
             self.bn2 = nn.BatchNorm2d(width)
+        self.dropout = nn.Dropout(options.block_dropout) if options.block_dropout > 0 else nn.Identity()
         self.out_channels = width
         self._finish_init(in_channels, width, stride, options, drop_prob)
 
     def branch(self, x: torch.Tensor) -> torch.Tensor:
         if self.preactivation:
             return self.conv2(self.dropout(self.relu(self.bn2(self.conv1(x)))))
-        return self.bn2(self.conv2(self.relu(self.bn1(self.conv1(x)))))
+        return self.bn2(self.conv2(self.dropout(self.relu(self.bn1(self.conv1(x))))))
 
 
 class Bottleneck(ResidualBlock):
@@ -288,6 +289,13 @@ class ResNet(nn.Module):
             se_reduction=se_reduction, block_dropout=block_dropout,
         )
         check_groups(block_name, widths, options)
+        if block_dropout > 0 and block_name != "basic":
+            raise ModelConfigError("block_dropout", block_dropout, "applies between the two convs of basic blocks "
+                                   "(Wide ResNets) only.", "Set block_dropout: 0.0, or use basic blocks.")
+        if stochastic_depth > 0 and not residual:
+            raise ModelConfigError("stochastic_depth", stochastic_depth, "drops residual branches, and a plain "
+                                   "network (residual: false) has none to fall back on.",
+                                   "Set stochastic_depth: 0.0 or residual: true.")
         self.total_stride = (4 if form == "imagenet" else 1) * 2 ** (len(widths) - 1)
         if input_size is not None:
             require_positive_int("input_size", input_size)

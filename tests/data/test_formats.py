@@ -172,7 +172,7 @@ def test_imagefolder_round_trip(tmp_path):
     assert train_paths.isdisjoint(val_paths) and len(train_paths | val_paths) == 18
     mean = torch.tensor(dm.mean).view(-1, 1, 1)
     std = torch.tensor(dm.std).view(-1, 1, 1)
-    for subset, train in ((dm.train_set, True), (dm.val_set, False), (dm.test_set, False)):
+    for subset in (dm.train_set, dm.val_set, dm.test_set):
         for i in range(len(subset)):
             image, label = subset[i]
             assert image.shape == (3, 32, 32) and image.dtype == torch.float32

@@ -92,3 +92,12 @@ def test_invalid_choices_name_their_key(factory, key: str) -> None:
         factory()
     assert info.value.key == key
     assert str(info.value).startswith(f"model.{key}=")
+
+
+def test_resnet_options_that_need_each_other() -> None:
+    with pytest.raises(ModelConfigError, match="plain network") as info:
+        ResNet(3, 10, 32, form="cifar", depth=20, residual=False, stochastic_depth=0.5)
+    assert info.value.key == "stochastic_depth"
+    with pytest.raises(ModelConfigError, match="basic blocks") as info:
+        ResNet(depth=50, block_dropout=0.3)
+    assert info.value.key == "block_dropout"

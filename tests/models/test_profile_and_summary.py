@@ -109,3 +109,21 @@ def test_summary_command_reports_a_bad_depth_as_one_paragraph(tmp_path: Path) ->
     assert result.returncode == 2
     assert "model.depth=21" in result.stderr and "6n+2" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("name", [n if isinstance(n, str) else n.values[0] for n in MODEL_NAMES])
+def test_model_configs_follow_the_contract(name: str) -> None:
+    import importlib
+    import inspect
+
+    cfg = OmegaConf.load(CONF / "model" / f"{name}.yaml")
+    module, _, cls = cfg._target_.rpartition(".")
+    assert module.startswith("models.")
+    signature = inspect.signature(getattr(importlib.import_module(module), cls))
+    raw = OmegaConf.to_container(cfg, resolve=False)
+    assert raw["in_channels"] == "${data.in_channels}" and raw["num_classes"] == "${data.num_classes}"
+    assert ("input_size" in raw) == ("input_size" in signature.parameters)
+    if "input_size" in raw:
+        assert raw["input_size"] == "${data.image_size}"
+    assert set(raw) - {"_target_", "paper"} <= set(signature.parameters)
+    assert {"title", "input_size", "num_classes"} <= set(raw["paper"])

@@ -11,7 +11,7 @@ from models.blueprint import Blueprint
 from models.errors import ModelConfigError
 from models.resnet import IMAGENET_DEPTHS, ResNet
 
-SETTINGS = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+SETTINGS = settings(max_examples=50, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
 def _check(build, valid: bool, batch: int, channels: int, size: int, classes: int) -> None:
@@ -29,18 +29,25 @@ def _check(build, valid: bool, batch: int, channels: int, size: int, classes: in
             assert model(x).shape == (batch, classes)
 
 
-blueprints = st.fixed_dictionaries({
-    "in_channels": st.integers(1, 3),
-    "num_classes": st.integers(0, 5),
-    "input_size": st.integers(1, 40),
-    "convs_per_stage": st.integers(0, 3),
-    "stage_widths": st.lists(st.integers(0, 8), max_size=3),
-    "kernel_size": st.integers(1, 6),
-    "pool": st.sampled_from([None, "max", "avg", "min"]),
-    "fc_sizes": st.lists(st.integers(0, 16), max_size=2),
-    "batch_norm": st.booleans(),
-    "dropout": st.sampled_from([0.0, 0.5, 1.0]),
-})
+@st.composite
+def blueprints(draw) -> dict:
+    """Half of the draws stay inside the valid space (positive sizes, odd kernels, a big-enough image)."""
+    aim = draw(st.booleans())
+    smallest = 1 if aim else 0
+    widths = draw(st.lists(st.integers(smallest, 8), max_size=3))
+    pool = draw(st.sampled_from([None, "max", "avg"] if aim else [None, "max", "avg", "min"]))
+    return {
+        "in_channels": draw(st.integers(1, 3)),
+        "num_classes": draw(st.integers(smallest, 5)),
+        "input_size": draw(st.integers(2 ** len(widths) if aim and pool else 1, 40)),
+        "convs_per_stage": draw(st.integers(0, 3)),
+        "stage_widths": widths,
+        "kernel_size": draw(st.sampled_from([1, 3, 5]) if aim else st.integers(1, 6)),
+        "pool": pool,
+        "fc_sizes": draw(st.lists(st.integers(smallest, 16), max_size=2)),
+        "batch_norm": draw(st.booleans()),
+        "dropout": draw(st.sampled_from([0.0, 0.5] if aim else [0.0, 0.5, 1.0])),
+    }
 
 
 def blueprint_is_valid(c: dict) -> bool:
@@ -50,33 +57,52 @@ def blueprint_is_valid(c: dict) -> bool:
 
 
 @SETTINGS
-@given(config=blueprints, batch=st.integers(2, 3))
+@given(config=blueprints(), batch=st.integers(2, 3))
 def test_blueprint_valid_configs_classify_and_invalid_ones_explain(config: dict, batch: int) -> None:
     _check(lambda: Blueprint(**config), blueprint_is_valid(config), batch, config["in_channels"],
            config["input_size"], config["num_classes"])
 
 
-resnets = st.fixed_dictionaries({
-    "in_channels": st.integers(1, 3),
-    "num_classes": st.integers(0, 12),
-    "form": st.sampled_from(["imagenet", "cifar", "wide"]),
-    "depth": st.one_of(st.sampled_from([18, 34, 50, 101, 152, 21]), st.integers(0, 40)),
-    "block": st.sampled_from(["auto", "basic", "bottleneck"]),
-    "residual": st.booleans(),
-    "shortcut": st.sampled_from(["A", "B", "C"]),
-    "preactivation": st.sampled_from([None, True, False]),
-    "stride_in_1x1": st.booleans(),
-    "groups": st.sampled_from([1, 1, 2, 3, 32]),
-    "width_per_group": st.sampled_from([64, 64, None, 4, 6]),
-    "widen_factor": st.integers(1, 3),
-    "se_reduction": st.sampled_from([0, 0, 4]),
-    "stochastic_depth": st.sampled_from([0.0, 0.3]),
-    "input_size": st.integers(1, 72),
-})
+@st.composite
+def resnets(draw) -> dict:
+    """Half of the draws stay inside the documented valid space; the other half are anything at all."""
+    aim = draw(st.booleans())
+    form = draw(st.sampled_from(["imagenet", "cifar", "wide"]))
+    block = draw(st.sampled_from(["auto", "basic", "bottleneck"]))
+    if aim and form == "imagenet":
+        depth = draw(st.sampled_from(sorted(IMAGENET_DEPTHS)))
+        block = draw(st.sampled_from(["auto", IMAGENET_DEPTHS[depth][0]]))
+    elif aim:
+        depth = (6 if block in ("auto", "basic") else 9) * draw(st.integers(1, 3)) + (4 if form == "wide" else 2)
+    else:
+        depth = draw(st.integers(0, 160))
+    bottleneck = block == "bottleneck" or (form == "imagenet" and depth in (50, 101, 152))
+    residual = draw(st.booleans())
+    grouping = [(1, 64), (32, 4), (2, None)] if aim and bottleneck else [(1, 64)] if aim else \
+        [(1, 64), (1, 64), (2, None), (3, None), (32, 4), (4, 6)]
+    groups, width_per_group = draw(st.sampled_from(grouping))
+    return {
+        "in_channels": draw(st.integers(1, 3)),
+        "num_classes": draw(st.integers(1, 12) if aim else st.sampled_from([0, *range(1, 13)])),
+        "form": form,
+        "depth": depth,
+        "block": block,
+        "residual": residual,
+        "shortcut": draw(st.sampled_from(["A", "B", "C"])),
+        "preactivation": draw(st.sampled_from([None, True, False])),
+        "stride_in_1x1": draw(st.booleans()),
+        "groups": groups,
+        "width_per_group": width_per_group,
+        "widen_factor": draw(st.integers(1, 3)),
+        "se_reduction": draw(st.sampled_from([0, 0, 4])),
+        "stochastic_depth": draw(st.sampled_from([0.0, 0.3] if residual or not aim else [0.0])),
+        "block_dropout": draw(st.sampled_from([0.0, 0.3] if not (aim and bottleneck) else [0.0])),
+        "input_size": draw(st.integers(32 if aim else 1, 72)),
+    }
 
 
 def resnet_is_valid(c: dict) -> bool:
-    if c["num_classes"] < 1:
+    if c["num_classes"] < 1 or (c["stochastic_depth"] > 0 and not c["residual"]):
         return False
     if c["form"] == "imagenet":
         if c["depth"] not in IMAGENET_DEPTHS or c["block"] not in ("auto", IMAGENET_DEPTHS[c["depth"]][0]):
@@ -89,6 +115,8 @@ def resnet_is_valid(c: dict) -> bool:
         if c["depth"] < per_stage + offset or (c["depth"] - offset) % per_stage:
             return False
         planes, stride = (16, 32, 64), 4
+    if c["block_dropout"] > 0 and block != "basic":
+        return False
     if c["groups"] != 1 or c["width_per_group"] not in (None, 64):
         if block != "bottleneck":
             return False
@@ -102,7 +130,7 @@ def resnet_is_valid(c: dict) -> bool:
 
 
 @SETTINGS
-@given(config=resnets)
+@given(config=resnets())
 def test_resnet_valid_configs_classify_and_invalid_ones_explain(config: dict) -> None:
     def build() -> ResNet:
         with torch.device("meta"):  # shapes are checked for real, without the arithmetic

@@ -87,3 +87,13 @@ def test_preactivation_and_wide_forms_forward() -> None:
     assert model.train()(torch.randn(2, 3, 32, 32)).shape == (2, 10)
     bottleneck = ResNet(1, 5, 28, form="cifar", depth=11, block="bottleneck", preactivation=True, se_reduction=4)
     assert bottleneck(torch.randn(2, 1, 28, 28)).shape == (2, 5)
+
+
+@torch.no_grad()
+def test_alexnet_paper_init() -> None:
+    """N(0, 0.01^2) weights; biases 1 in conv2, conv4, conv5 and the FC layers, 0 elsewhere."""
+    model = AlexNet(3, 10, 227)
+    convs = [m for m in model.features if isinstance(m, torch.nn.Conv2d)]
+    assert [float(c.bias.mean()) for c in convs] == [0.0, 1.0, 0.0, 1.0, 1.0]
+    assert float(convs[2].weight.std()) == pytest.approx(0.01, rel=0.05)
+    assert all(float(m.bias.mean()) == 1.0 for m in model.classifier if isinstance(m, torch.nn.Linear))
