@@ -64,7 +64,7 @@ def _to_steps(value: Any, unit: str, steps_per_epoch: int, total_steps: int, key
     if unit == "fraction" and not 0 <= value <= 1:
         raise UserError(f"scheduler.{key}", value, "is a fraction of training and must lie in [0, 1].",
                         "Use e.g. [0.5, 0.75], or set scheduler.unit=epoch for epoch counts.")
-    return max(1, int(round(value * scale)))
+    return max(1, round(value * scale))
 
 
 def build_scheduler(cfg: DictConfig, optimizer: torch.optim.Optimizer, total_steps: int,

@@ -8,7 +8,6 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from tests.conftest import TINY, run_cli, tree_hashes
 
 # (arguments, words the message must contain)

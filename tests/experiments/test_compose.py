@@ -6,7 +6,6 @@ import pytest
 import torch
 from hydra.utils import instantiate
 from omegaconf import OmegaConf, open_dict
-
 from tests.conftest import CONF
 
 GROUPS = ["model", "data", "optimizer", "scheduler", "trainer", "logger", "callbacks", "debug", "experiment"]

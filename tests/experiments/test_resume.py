@@ -8,7 +8,6 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from tests.conftest import TINY, run_cli
 
 COMMAND = [*TINY, "trainer.max_epochs=4", "data.augment.hflip=true", "data.augment.crop_padding=2",
