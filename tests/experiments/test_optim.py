@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 import torch
 from omegaconf import OmegaConf
@@ -51,7 +53,7 @@ def test_cosine_with_linear_warmup(compose, tmp_path):
     assert max(lrs) == pytest.approx(0.1, rel=0.03)  # the cosine already runs under the warm-up
     assert lrs[-1] < 1e-3
     decay = lrs[150:]
-    assert all(a >= b - 1e-12 for a, b in zip(decay, decay[1:]))
+    assert all(a >= b - 1e-12 for a, b in itertools.pairwise(decay))
 
 
 def test_googlenet_exponential_four_percent_every_eight_epochs(compose, tmp_path):
@@ -75,7 +77,7 @@ def test_none_is_a_constant_rate(compose, tmp_path):
 
 
 def test_fraction_outside_unit_interval_is_a_user_error(compose, tmp_path):
-    with pytest.raises(UserError, match="scheduler.milestones"):
+    with pytest.raises(UserError, match=r"scheduler\.milestones"):
         _lrs(compose, ["scheduler=multistep", "scheduler.milestones=[0.5,2]"], tmp_path)
 
 
