@@ -62,7 +62,8 @@ class ErrorCurves(pl.Callback):
         self._drawn: tuple = ()
 
     @rank_zero_only
-    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        # Not on_fit_start: a resumed run's epoch counter is restored only after that hook.
         if trainer.current_epoch > 0:  # resumed: the finished epochs are in metrics.csv
             previous = read_history(media.run_dir(trainer) / "metrics.csv", self.KEYS, trainer.current_epoch - 1)
             for key, values in previous.items():
@@ -101,6 +102,8 @@ class ErrorCurves(pl.Callback):
         if not state or state == self._drawn:
             return None
         self._drawn = state
+        from matplotlib.ticker import MaxNLocator
+
         figure = plotting.new_figure(6.4, 4.0)
         axes = figure.add_subplot()
         styles = {"train/err": ("train", 0.8, "C0"), "val/err": ("validation", 2.5, "C1"),
@@ -113,6 +116,7 @@ class ErrorCurves(pl.Callback):
             errors = [v for _, v in points]
             axes.plot(epochs, errors, linewidth=width, color=colour, label=f"{label} ({errors[-1]:.2f}%)",
                       marker="o" if len(points) == 1 else None)
+        axes.xaxis.set_major_locator(MaxNLocator(integer=True))
         axes.set_xlabel("epoch")
         axes.set_ylabel("error (%)")
         axes.grid(True, alpha=0.3)

@@ -25,10 +25,10 @@ log = logging.getLogger(__name__)
 
 
 def first_layer_grid(weight: torch.Tensor, max_filters: int = 256) -> torch.Tensor:
-    """Kernels (out, in, kh, kw) as a CxHxW grid: RGB tiles for 3 input channels, one tile per filter;
-    otherwise grayscale tiles, one row per filter and one column per input channel."""
+    """Kernels (out, in, kh, kw) as a CxHxW grid, one tile per filter (RGB for 3 input channels, gray for
+    1); for any other channel count, one row per filter and one column per input channel."""
     weight = weight.detach().float().cpu()[:max_filters]
-    if weight.shape[1] == 3:
+    if weight.shape[1] in (1, 3):  # one tile per filter: grayscale or colour
         return plotting.grid(plotting.normalise_each(weight))
     return per_channel_grid(weight)
 

@@ -179,8 +179,19 @@ def _fit_and_test(cfg: DictConfig, started: float, datamodule, module, ckpt_path
             _print_result(cfg, run_dir, metrics, status)
         else:
             rank_zero_info(f"run folder: {run_dir}")
+    _finish_wandb(trainer)
     value = metrics.get(str(cfg.get("optimized_metric", "val/err_best")), math.nan)
     return float(value)
+
+
+def _finish_wandb(trainer) -> None:
+    """Close the W&B run so the next job of a multirun starts its own (W&B keeps one per process)."""
+    from pytorch_lightning.loggers import WandbLogger
+
+    if any(isinstance(logger, WandbLogger) for logger in trainer.loggers):
+        import wandb
+
+        wandb.finish()
 
 
 def _scalars(metrics: dict) -> dict[str, float]:

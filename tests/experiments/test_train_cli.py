@@ -98,3 +98,16 @@ def test_multirun_gives_each_job_its_own_folder(tmp_path):
     lrs = {json.loads(p.read_text())["command"].split("optimizer.lr=")[1].split()[0] for p in summaries}
     assert lrs == {"0.01", "0.05"}
     assert all(json.loads(p.read_text())["status"] == "finished" for p in summaries)
+
+
+def test_every_logger_writes_its_files_offline(tmp_path):
+    run_cli("experiments.train", *TINY, "trainer.max_epochs=1", "logger=many", cwd=tmp_path, check=True,
+            env={"WANDB_API_KEY": "", "WANDB_MODE": ""})
+    run = _only_run(tmp_path / "outputs")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(run / "tensorboard")).Reload()
+    assert {"val/err", "train/loss", "test/acc"} <= set(events.Tags()["scalars"])
+    offline = list((run / "wandb").glob("offline-run-*/run-*.wandb"))
+    assert len(offline) == 1 and offline[0].stat().st_size > 0
+    assert (run / "metrics.csv").is_file()

@@ -97,3 +97,10 @@ def test_alexnet_paper_init() -> None:
     assert [float(c.bias.mean()) for c in convs] == [0.0, 1.0, 0.0, 1.0, 1.0]
     assert float(convs[2].weight.std()) == pytest.approx(0.01, rel=0.05)
     assert all(float(m.bias.mean()) == 1.0 for m in model.classifier if isinstance(m, torch.nn.Linear))
+
+
+def test_naive_inception_grows_by_its_input_width() -> None:
+    """Fig. 2a: without the pool projection, (3a) passes its 192 input channels through: 64+128+32+192."""
+    sizes = outputs(on_meta(GoogLeNet, inception="naive"), (3, 224, 224))
+    assert sizes["inception3a"] == [28, 28, 416]
+    assert sizes["inception3b"] == [28, 28, 128 + 192 + 96 + 416]
