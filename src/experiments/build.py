@@ -77,6 +77,19 @@ def check_model_accepts(model, input_shape: tuple[int, int, int], name: str) -> 
         model.train(was_training)
 
 
+def profile_of(cfg: DictConfig) -> dict:
+    """Params and multiply-adds of the configured model, counted on the meta device (no memory, no time)."""
+    import torch
+
+    from models.profile import compare_with_paper, profile_model
+
+    with torch.device("meta"):
+        model = build_model(cfg.model)
+    profile = profile_model(model, input_shape_of(cfg))
+    profile["paper"] = compare_with_paper(profile, cfg.model.get("paper"))
+    return profile
+
+
 def count_parameters(model) -> int:
     return sum(p.numel() for p in model.parameters())
 

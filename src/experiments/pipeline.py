@@ -84,13 +84,14 @@ def _remove_unused_run_folder(folder: Path) -> None:
 def _prepare(cfg: DictConfig, resume_dir: Path | None) -> dict[str, Any]:
     import pytorch_lightning as pl
 
-    from experiments.build import build_datamodule, build_module
+    from experiments.build import build_datamodule, build_module, profile_of
 
     pl.seed_everything(int(cfg.seed), workers=True, verbose=False)
     datamodule = build_datamodule(cfg)
     datamodule.setup(None)  # read every split now: a missing or corrupt file fails before the run starts
     module = build_module(cfg)
     _check_optimization(cfg, module, datamodule)
+    profile = profile_of(cfg)
     run_dir = Path(cfg.paths.run_dir)
     ckpt_path = None
     keep_through_epoch = None
@@ -105,7 +106,7 @@ def _prepare(cfg: DictConfig, resume_dir: Path | None) -> dict[str, Any]:
     if _is_launcher_process():
         runs.check_writable(run_dir)
     return {"datamodule": datamodule, "module": module, "ckpt_path": ckpt_path,
-            "keep_through_epoch": keep_through_epoch}
+            "keep_through_epoch": keep_through_epoch, "profile": profile}
 
 
 def _check_optimization(cfg: DictConfig, module, datamodule) -> None:
@@ -126,9 +127,11 @@ def _build_trainer(cfg: DictConfig, keep_through_epoch: int | None):
     from pytorch_lightning.callbacks import RichProgressBar
 
     from callbacks.epoch_seed import EpochSeed
+    from experiments.interrupts import SaveOnInterrupt
 
     callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None]
     callbacks.append(EpochSeed(int(cfg.seed)))
+    callbacks.append(SaveOnInterrupt(Path(cfg.paths.run_dir) / runs.CHECKPOINT_DIR / runs.LAST_CHECKPOINT))
     quiet = bool(cfg.get("quiet"))
     if quiet:
         callbacks = [c for c in callbacks if type(c).__name__ != "EpochLine"]
@@ -147,7 +150,8 @@ def _build_trainer(cfg: DictConfig, keep_through_epoch: int | None):
     return trainer
 
 
-def _fit_and_test(cfg: DictConfig, started: float, datamodule, module, ckpt_path, keep_through_epoch) -> float:
+def _fit_and_test(cfg: DictConfig, started: float, datamodule, module, ckpt_path, keep_through_epoch,
+                  profile: dict) -> float:
     from pytorch_lightning.utilities import rank_zero_info
 
     from experiments.build import count_parameters, input_shape_of
@@ -157,8 +161,12 @@ def _fit_and_test(cfg: DictConfig, started: float, datamodule, module, ckpt_path
     if trainer.is_global_zero and _is_launcher_process():
         (run_dir / runs.CONFIG_FILE).write_text(OmegaConf.to_yaml(cfg, resolve=True))
         _write_summary(cfg, run_dir, status="running", started=started, metrics={},
-                       params=count_parameters(module.model), input_shape=input_shape_of(cfg))
-    trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+                       params=count_parameters(module.model), input_shape=input_shape_of(cfg), profile=profile)
+    try:
+        trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=False)
+    except BaseException as error:
+        _report_interruption(cfg, run_dir, trainer, module, started, error)
+        raise
     interrupted = trainer.interrupted
     fit_metrics = _scalars(trainer.callback_metrics)
     test_metrics: dict[str, float] = {}
@@ -194,6 +202,26 @@ def _finish_wandb(trainer) -> None:
         wandb.finish()
 
 
+def _report_interruption(cfg: DictConfig, run_dir: Path, trainer, module, started: float,
+                         error: BaseException) -> None:
+    """After Ctrl-C or SIGTERM: record the run as interrupted, say how to resume, exit 130/143."""
+    from experiments.build import count_parameters, input_shape_of
+    from experiments.interrupts import SaveOnInterrupt
+
+    saver = next((c for c in trainer.callbacks if isinstance(c, SaveOnInterrupt)), None)
+    if saver is None or saver.signal_name is None:
+        return  # a real error: let it propagate
+    if trainer.is_global_zero and _is_launcher_process():
+        _write_summary(cfg, run_dir, status="interrupted", started=started,
+                       metrics=_scalars(trainer.callback_metrics), params=count_parameters(module.model),
+                       input_shape=input_shape_of(cfg), epochs=trainer.current_epoch, steps=trainer.global_step)
+        saved = saver.checkpoint_path if saver.checkpoint_path.is_file() else None
+        print(f"\nInterrupted by {saver.signal_name} at epoch {trainer.current_epoch}, step {trainer.global_step}; "
+              + (f"state saved to {saved}." if saved else "nothing to save yet.")
+              + f"\nContinue with: python -m experiments.train resume={run_dir}", file=sys.stderr, flush=True)
+    raise SystemExit(130 if saver.signal_name == "SIGINT" else 143) from None
+
+
 def _scalars(metrics: dict) -> dict[str, float]:
     out = {}
     for key, value in metrics.items():
@@ -206,7 +234,7 @@ def _scalars(metrics: dict) -> dict[str, float]:
 
 def _write_summary(cfg: DictConfig, run_dir: Path, status: str, started: float, metrics: dict[str, float],
                    params: int, input_shape: tuple[int, int, int], epochs: int | None = None,
-                   steps: int | None = None) -> None:
+                   steps: int | None = None, profile: dict | None = None) -> None:
     from hydra.core.hydra_config import HydraConfig
 
     previous = runs.read_json(run_dir / runs.SUMMARY_FILE) if (run_dir / runs.SUMMARY_FILE).is_file() else {}
@@ -220,6 +248,8 @@ def _write_summary(cfg: DictConfig, run_dir: Path, status: str, started: float, 
         "model_name": _choice("model"),
         "data": _choice("data"),
         "params": params,
+        "macs": (profile or {}).get("macs", previous.get("macs")),
+        "paper_comparison": (profile or {}).get("paper", previous.get("paper_comparison")),
         "input_shape": list(input_shape),
         "seed": int(cfg.seed),
         "metrics": metrics,

@@ -2,6 +2,11 @@
 
 Only Hydra is imported at module level, so ``--help`` and ``--cfg job`` answer instantly; the training
 pipeline (torch, Lightning) is imported when a job actually runs.
+
+A single run reports a configuration mistake as one paragraph (exit status 2) and lets any other error
+raise. A job of a sweep (``-m``) must not stop the sweep: there every failure is written into the
+trial's run folder and the job returns NaN, which Optuna records as a failed trial
+(see :mod:`experiments.sweeps`).
 """
 
 from __future__ import annotations
@@ -13,8 +18,20 @@ from experiments.errors import exits_cleanly_on_user_error
 
 
 @hydra.main(version_base="1.3", config_path="../../conf", config_name="train")
-@exits_cleanly_on_user_error
 def main(cfg: DictConfig) -> float:
+    from experiments.sweeps import in_multirun, run_trial
+
+    if in_multirun():
+        return run_trial(cfg, _train)
+    return _single_run(cfg)
+
+
+@exits_cleanly_on_user_error
+def _single_run(cfg: DictConfig) -> float:
+    return _train(cfg)
+
+
+def _train(cfg: DictConfig) -> float:
     from experiments.pipeline import train
 
     return train(cfg)

@@ -1,0 +1,176 @@
+"""One sweep trial, fault tolerant: a failed trial is written down and the sweep goes on.
+
+With hydra-optuna-sweeper a task function that raises stops the whole sweep (the sweeper re-raises it
+after telling Optuna), while one that returns NaN is recorded by Optuna as a FAILED trial, never as a
+best value. So under ``-m`` every failure of a trial (an exception, a user error in its sampled values,
+CUDA running out of memory, a diverged loss) ends here: its reason goes into ``failure.json`` and
+``summary.json`` (``status: failed``) in the trial's run folder, and the trial returns NaN.
+KeyboardInterrupt is not caught, so Ctrl-C still stops the sweep.
+
+Kept free of torch and Lightning imports: ``experiments.train`` imports this module at start-up.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import math
+import sys
+import time
+import traceback
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig
+
+log = logging.getLogger(__name__)
+
+FAILURE_FILE = "failure.json"
+SUMMARY_FILE = "summary.json"
+METRICS_FILE = "metrics.csv"
+
+
+def in_multirun() -> bool:
+    """True inside a job of ``-m`` (any sweeper or launcher), False for a single run."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+
+
+def run_trial(cfg: DictConfig, train: Callable[[DictConfig], float]) -> float:
+    """Run ``train(cfg)`` as a sweep trial: its objective, or NaN with the reason in its run folder."""
+    run_dir = Path(str(cfg.paths.run_dir))
+    started = time.time()
+    try:
+        with _ddp_children_run_this_trial_only():
+            value = float(train(cfg))
+    except Exception as error:  # every failure of one trial, on purpose: the other trials still run
+        kind, reason = classify(error)
+        log.error(f"Trial failed ({kind}): {reason}")
+        record_failure(run_dir, kind, reason, started, traceback_text=traceback.format_exc())
+        return math.nan
+    diverged = divergence_in(run_dir)
+    if diverged or not math.isfinite(value):
+        metric = str(cfg.get("optimized_metric", "val/err_best"))
+        reason = diverged or f"the objective {metric} is {value} (not a finite number)"
+        kind = "diverged" if diverged or math.isnan(value) else "non-finite objective"
+        log.error(f"Trial failed ({kind}): {reason}")
+        record_failure(run_dir, kind, reason, started)
+        return math.nan
+    return value
+
+
+def classify(error: BaseException) -> tuple[str, str]:
+    """(kind, one-line reason): ``user_error``, ``out_of_memory`` or ``exception``."""
+    from experiments.errors import user_error_types
+
+    text = " ".join(str(error).split()) or type(error).__name__
+    if isinstance(error, user_error_types()):
+        return "user_error", text
+    oom_types = tuple(t for t in (_torch_oom_type(), MemoryError) if t is not None)
+    if isinstance(error, oom_types) or "out of memory" in text.lower():
+        return "out_of_memory", f"{type(error).__name__}: {text}"
+    return "exception", f"{type(error).__name__}: {text}"
+
+
+def _torch_oom_type() -> type[BaseException] | None:
+    torch = sys.modules.get("torch")  # only when training got as far as importing it
+    return getattr(getattr(torch, "cuda", None), "OutOfMemoryError", None) if torch else None
+
+
+def divergence_in(run_dir: Path) -> str | None:
+    """Why the run counts as diverged (a non-finite training loss in ``metrics.csv``), else None."""
+    path = run_dir / METRICS_FILE
+    if not path.is_file():
+        return None
+    with path.open(newline="") as handle:
+        for row in csv.DictReader(handle):
+            if row.get("alerts/nonfinite_loss") not in (None, ""):
+                return f"non-finite training loss at epoch {row.get('epoch', '?')} (non-finite guard)"
+            for key in ("train/loss", "train/loss_step"):
+                value = row.get(key)
+                if value not in (None, "") and not math.isfinite(_float(value)):
+                    return f"{key} = {value} at epoch {row.get('epoch', '?')}, step {row.get('step', '?')}"
+    return None
+
+
+def _float(text: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        return math.nan
+
+
+def record_failure(run_dir: Path, kind: str, reason: str, started: float, traceback_text: str | None = None) -> None:
+    """Write ``failure.json`` and mark ``summary.json`` failed, so every reader of run folders sees it.
+
+    A trial that failed before training (a bad sampled value) had its folder removed by the pipeline;
+    the folder is made again with the trial's overrides in ``failure.json``, so a report still shows
+    which values failed.
+    """
+    from experiments import runs
+
+    overrides = _job_overrides()
+    failure = {"status": "failed", "kind": kind, "reason": reason, "overrides": overrides,
+               "job_num": _job_num(), "wall_time_s": round(time.time() - started, 2), "traceback": traceback_text}
+    try:
+        runs.write_json_atomic(run_dir / FAILURE_FILE, failure)
+        summary_path = run_dir / SUMMARY_FILE
+        summary = runs.read_json(summary_path) if summary_path.is_file() else {
+            "run_dir": str(run_dir), "command": " ".join(["python -m experiments.train", *overrides]),
+            "wall_time_s": failure["wall_time_s"], "metrics": {}}
+        summary.update(status="failed", failure={"kind": kind, "reason": reason})
+        runs.write_json_atomic(summary_path, summary)
+    except OSError as error:  # a full disk must not turn one failed trial into a crashed sweep
+        log.error(f"Could not record the failure in {run_dir}: {error}")
+
+
+def _job_overrides() -> list[str]:
+    from hydra.core.hydra_config import HydraConfig
+
+    return list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
+
+
+def _job_num() -> int | None:
+    from hydra.core.hydra_config import HydraConfig
+
+    return int(HydraConfig.get().job.num) if HydraConfig.initialized() else None
+
+
+@contextmanager
+def _ddp_children_run_this_trial_only() -> Iterator[None]:
+    """Make Lightning's DDP child processes re-run this one trial, not the whole sweep.
+
+    Lightning starts the extra DDP processes by re-running the command line: ``sys.argv[1:]`` plus
+    ``hydra.run.dir=<HydraConfig.run.dir>``. Inside a multirun job ``sys.argv`` still holds ``-m`` and
+    the search space, so each child would start a sweep of its own, and ``run.dir`` is not the trial's
+    folder. While the trial trains, the command line is this job's own overrides (no ``-m``) and
+    ``run.dir`` is its folder: every process trains the same trial, which writes one run folder.
+    """
+    from hydra.core.hydra_config import HydraConfig
+    from omegaconf import read_write
+
+    if not HydraConfig.initialized():
+        yield
+        return
+    hydra_cfg = HydraConfig.get()
+    saved_argv, saved_run_dir = list(sys.argv), hydra_cfg.run.dir
+    sys.argv = [sys.argv[0], *hydra_cfg.overrides.task]
+    with read_write(hydra_cfg):
+        hydra_cfg.run.dir = hydra_cfg.runtime.output_dir
+    try:
+        yield
+    finally:
+        sys.argv = saved_argv
+        with read_write(hydra_cfg):
+            hydra_cfg.run.dir = saved_run_dir
+
+
+def read_failure(run_dir: Path) -> dict[str, Any] | None:
+    path = Path(run_dir) / FAILURE_FILE
+    return json.loads(path.read_text()) if path.is_file() else None
+
