@@ -45,13 +45,15 @@ class LayerResponseStd(pl.Callback):
 
     @rank_zero_only
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        model = probe.plain_model(pl_module)
+        if not any(isinstance(m, torch.nn.Conv2d) and tuple(m.kernel_size) == (3, 3) for m in model.modules()):
+            log.info("LayerResponseStd: the model has no 3x3 conv layer; nothing to measure.")
+            return
         batch = probe.take_probe_batch(trainer, pl_module, self.probe_size)
         if batch is None:
             return
         self._probe = batch[0]
-        self.pairs = probe.trace(probe.plain_model(pl_module), self._probe).conv3x3_responses()
-        if not self.pairs:
-            log.info("LayerResponseStd: the model has no 3x3 conv layer; nothing to measure.")
+        self.pairs = probe.trace(model, self._probe).conv3x3_responses()
 
     @rank_zero_only
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:

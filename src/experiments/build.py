@@ -13,8 +13,9 @@ from omegaconf import DictConfig, OmegaConf
 
 from experiments.errors import UserError
 
-# Keys in a model config that describe the model (paper figures) rather than build it.
-MODEL_METADATA_KEYS = ("paper",)
+# Keys in a model config that describe the model (paper figures) or tell the framework how to run it
+# (memory format), rather than build it.
+MODEL_METADATA_KEYS = ("paper", "channels_last")
 
 
 def constructor_config(cfg: DictConfig, drop: tuple[str, ...]) -> DictConfig:
@@ -111,6 +112,10 @@ def build_module(cfg: DictConfig):
     from experiments.module import ClassificationModule
 
     model = build_model(cfg.model, input_shape_of(cfg))
+    if cfg.model.get("channels_last"):
+        import torch
+
+        model = model.to(memory_format=torch.channels_last)
     if cfg.get("compile"):
         model.compile()  # in place: state_dict keys stay those of the plain model
     module_cfg = cfg.get("module") or {}
@@ -122,4 +127,5 @@ def build_module(cfg: DictConfig):
         scheduler=scheduler if scheduler is not None and scheduler.get("_target_") else None,
         label_smoothing=module_cfg.get("label_smoothing", 0.0),
         aux_loss_weights=module_cfg.get("aux_loss_weights", (0.3, 0.3)),
+        channels_last=bool(cfg.model.get("channels_last", False)),
     )

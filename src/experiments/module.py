@@ -29,6 +29,7 @@ class ClassificationModule(pl.LightningModule):
         scheduler: DictConfig | None = None,
         label_smoothing: float = 0.0,
         aux_loss_weights: Sequence[float] = (0.3, 0.3),
+        channels_last: bool = False,
     ) -> None:
         super().__init__()
         self.model = model
@@ -43,6 +44,16 @@ class ClassificationModule(pl.LightningModule):
             for name, k in (("top1", 1), ("top5", top_k))
         })
         self.best_val_err = math.inf
+        self.channels_last = channels_last
+
+    def _layout(self, images: torch.Tensor) -> torch.Tensor:
+        """NHWC inputs for a channels_last model, so its convolutions need no layout conversion.
+
+        (Not in ``on_after_batch_transfer``: Lightning runs only the DataModule's when both define it.)
+        """
+        if self.channels_last and images.ndim == 4:
+            return images.contiguous(memory_format=torch.channels_last)
+        return images
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.model(x)
@@ -62,7 +73,7 @@ class ClassificationModule(pl.LightningModule):
 
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
         images, targets = batch
-        loss, logits = self.loss(self.model(images), targets)
+        loss, logits = self.loss(self.model(self._layout(images)), targets)
         # The epoch mean of per-batch errors weighted by batch size is exactly the epoch's error rate.
         err = 100 * (logits.detach().argmax(dim=1) != targets).float().mean()
         n = len(targets)
@@ -73,7 +84,7 @@ class ClassificationModule(pl.LightningModule):
 
     def _evaluate(self, batch, stage: str) -> None:
         images, targets = batch
-        logits = self(images)
+        logits = self(self._layout(images))
         loss = F.cross_entropy(logits, targets)
         self.metrics[f"{stage}_top1"].update(logits, targets)
         self.metrics[f"{stage}_top5"].update(logits, targets)
