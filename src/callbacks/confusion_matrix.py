@@ -4,11 +4,13 @@ The confusion matrix is accumulated on the device from the logits the validation
 computed (:class:`callbacks.capture.ValidationTap`) and summed over DDP ranks. Every validation epoch
 this logs ``val_class_err/<class>`` (error in % of that class's validation images); every
 ``every_n_epochs`` epochs and after training it draws the row-normalised matrix to
-``plots/confusion/epochNNN.png`` (and the ``confusion_matrix`` image in TensorBoard/W&B).
+``plots/confusion/epochNNN.png`` (and the ``confusion_matrix`` image in TensorBoard/W&B). The counts of
+the last validation epoch are in ``diagnostics/confusion_matrix.json``.
 """
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +19,8 @@ import torch
 
 from callbacks import media, plotting
 from callbacks.capture import ValidationTap
+
+JSON_FILE = "confusion_matrix.json"
 
 
 def class_names(trainer: pl.Trainer, count: int) -> list[str]:
@@ -93,8 +97,17 @@ class ConfusionMatrix(pl.Callback):
         errors = per_class_error(self.matrix).tolist()
         self.errors = dict(zip(names, errors))
         media.log_scalars(trainer, {f"val_class_err/{n}": e for n, e in self.errors.items() if e == e})
+        self._write_json(trainer, names)
         if self.every_n_epochs > 0 and (trainer.current_epoch + 1) % self.every_n_epochs == 0:
             self.plot(trainer)
+
+    def _write_json(self, trainer: pl.Trainer, names: list[str]) -> None:
+        """The counts themselves, for tools that read run folders (rows: true class, columns: predicted)."""
+        folder = media.run_dir(trainer) / media.DIAGNOSTICS_DIR
+        folder.mkdir(parents=True, exist_ok=True)
+        record = {"epoch": trainer.current_epoch, "classes": names, "matrix": self.matrix.tolist(),
+                  "class_error_pct": [e if e == e else None for e in (self.errors[n] for n in names)]}
+        (folder / JSON_FILE).write_text(json.dumps(record) + "\n")
 
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if trainer.is_global_zero:

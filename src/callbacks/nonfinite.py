@@ -10,11 +10,12 @@ detected is put back in place at the end of fit: "last" stays the last good chec
 
 Under fp16 mixed precision inf/NaN gradients are routine (the grad scaler skips those steps and lowers
 its scale), so there only the loss is checked. Under DDP the decision is reduced over ranks, so every
-rank stops at the same step.
+rank stops at the same step. A stopped run has ``diagnostics/nonfinite_stop.json`` in its folder.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import os
@@ -29,6 +30,7 @@ from callbacks import media
 log = logging.getLogger("callbacks")
 
 _KEPT_SUFFIX = ".good"
+STOP_FILE = "nonfinite_stop.json"
 
 
 class NonFiniteGuard:
@@ -70,9 +72,18 @@ class NonFiniteGuard:
                 "too-high learning rate (try 10x lower, or a warm-up), no gradient clipping "
                 "(trainer.gradient_clip_val), fp16 overflow, or bad inputs (NaN in the data).")
             log.error(self.message)
+            self._record(trainer, loss, kept)
             media.log_scalars(trainer, {"alerts/nonfinite_loss": 1.0})
             media.log_text(trainer, "alerts/nonfinite_loss", self.message)
         return True
+
+    def _record(self, trainer: pl.Trainer, loss: float, kept: str) -> None:
+        """``diagnostics/nonfinite_stop.json``: tools that read run folders can tell a diverged run apart."""
+        folder = media.run_dir(trainer) / media.DIAGNOSTICS_DIR
+        folder.mkdir(parents=True, exist_ok=True)
+        record = {"epoch": trainer.current_epoch, "step": trainer.global_step,
+                  "loss": None if math.isnan(loss) else str(loss), "kept_checkpoints": kept, "message": self.message}
+        (folder / STOP_FILE).write_text(json.dumps(record, indent=2) + "\n")
 
     def _is_bad(self, trainer: pl.Trainer, optimizer: torch.optim.Optimizer) -> bool:
         checks = []

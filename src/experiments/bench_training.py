@@ -141,9 +141,9 @@ def ours_once(case: Case, overrides: Sequence[str], datamodule, probe_window: in
                 to_channels_last(module.model)
             # A StringIO stdout is no terminal: no progress bar, as in a log file or CI (quiet=false keeps
             # the per-epoch line; the Rich bar of an interactive terminal is a display, not the default).
-            with contextlib.redirect_stdout(io.StringIO()):
+            with contextlib.redirect_stdout(io.StringIO()):  # also keeps the model summary out of the table
                 trainer = _build_trainer(cfg, keep_through_epoch=None)
-            trainer.fit(module, datamodule=datamodule)
+                trainer.fit(module, datamodule=datamodule)
         if probe_window:
             probe = next(c for c in trainer.callbacks if isinstance(c, SyncProbe))
             return probe.report()

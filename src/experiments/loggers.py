@@ -79,6 +79,9 @@ def _netrc_text() -> str:
 def make_wandb_logger(save_dir: str, project: str, name: str, mode: str = "auto", group: str | None = None,
                       tags: list[str] | None = None) -> WandbLogger:
     """A WandbLogger that falls back to offline mode; it prints how to sync an offline run later."""
+    for name in ("WANDB_MODE", "WANDB_API_KEY"):
+        if name in os.environ and not os.environ[name].strip():
+            del os.environ[name]  # W&B rejects an empty setting instead of ignoring it
     mode = wandb_mode(mode)
     os.environ.setdefault("WANDB_SILENT", "true")
     settings = None

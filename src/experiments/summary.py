@@ -97,6 +97,23 @@ def render(profile: dict[str, Any], show_rows: bool = True, console=None) -> Non
 @exits_cleanly_on_user_error
 def main(cfg: DictConfig) -> None:
     render(summarise(cfg), show_rows=bool(cfg.get("rows", True)))
+    if cfg.get("memory"):
+        render_memory(cfg)
+
+
+def render_memory(cfg: DictConfig) -> None:
+    """The lectures' memory bill of one training step (see :mod:`experiments.bench_memory`)."""
+    import torch
+
+    from experiments.bench_memory import account, render as render_bill
+    from experiments.build import build_model
+
+    shape = input_shape_of(cfg)
+    with torch.device("meta"):
+        model = build_model(cfg.model)
+    batch = int(cfg.get("memory_batch") or cfg.data.batch_size)
+    optimizer = str(cfg.get("memory_optimizer", "sgd_momentum"))
+    render_bill(account(model, shape, batch, optimizer), f"memory of a training step (fp32, {optimizer})")
 
 
 if __name__ == "__main__":

@@ -42,6 +42,8 @@ from hydra.types import HydraContext, TaskFunction
 from hydra_plugins.hydra_optuna_sweeper._impl import OptunaSweeperImpl, create_params_from_overrides
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
+from experiments.sweeps import flatten
+
 log = logging.getLogger(__name__)
 
 STORAGE_IN_SWEEP_DIR = "sweep_dir"
@@ -68,18 +70,6 @@ def _pin_for_jobs(config: DictConfig, key: str, value: str) -> None:
         pinned = [o for o in config.hydra.overrides.hydra if not o.startswith(f"{key}=")]
         quoted = value if all(c not in value for c in " ,'\"()[]{}=") else "'" + value.replace("'", "\\'") + "'"
         config.hydra.overrides.hydra = [*pinned, f"{key}={quoted}"]
-
-
-def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    """``{"optimizer": {"lr": x}, "model.width": y}`` -> ``{"optimizer.lr": x, "model.width": y}``."""
-    flat: dict[str, Any] = {}
-    for key, value in tree.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, dict):
-            flat.update(flatten(value, prefix=f"{name}."))
-        else:
-            flat[name] = value
-    return flat
 
 
 class ResumableOptunaSweeperImpl(OptunaSweeperImpl):

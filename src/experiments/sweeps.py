@@ -170,6 +170,19 @@ def _ddp_children_run_this_trial_only() -> Iterator[None]:
             hydra_cfg.run.dir = saved_run_dir
 
 
+def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"optimizer": {"lr": x}, "model.width": y}`` -> ``{"optimizer.lr": x, "model.width": y}``:
+    search spaces may be written nested (overridable) or with dotted keys (the plugin's style)."""
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            flat.update(flatten(value, prefix=f"{name}."))
+        else:
+            flat[name] = value
+    return flat
+
+
 def read_failure(run_dir: Path) -> dict[str, Any] | None:
     path = Path(run_dir) / FAILURE_FILE
     return json.loads(path.read_text()) if path.is_file() else None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 from pathlib import Path
@@ -47,9 +48,10 @@ def test_huge_learning_rate_stops_the_run_with_a_clear_message(tmp_path: Path, c
     assert len(messages) == 1 and "learning rate" in messages[0] and f"step {flow.guard.stopped_at}" in messages[0]
     # The weights in memory never became NaN: the bad update was skipped.
     assert all(torch.isfinite(p).all() for p in module.parameters())
+    record = json.loads((tmp_path / "diagnostics/nonfinite_stop.json").read_text())
+    assert record["step"] == flow.guard.stopped_at and "Non-finite" in record["message"]
     last = tmp_path / "checkpoints/last.ckpt"
     assert last.is_file() and finite_weights(last)
-    ClassificationModule.load_from_checkpoint  # noqa: B018 (the class the pipeline loads it with)
     module.load_state_dict(torch.load(last, map_location="cpu", weights_only=False)["state_dict"])
 
 
@@ -90,3 +92,4 @@ def test_a_finite_run_is_left_alone(tmp_path: Path):
     trainer = trainer_for(tmp_path, [flow], max_epochs=1, limit_train_batches=4, limit_val_batches=1)
     trainer.fit(module_for(SmallConvNet()), datamodule=tiny_data())
     assert flow.guard.stopped_at is None and trainer.global_step == 4
+    assert not (tmp_path / "diagnostics/nonfinite_stop.json").exists()

@@ -1,0 +1,92 @@
+"""The benchmark runs end to end in a tiny configuration; its memory accounting is exact; --help is light.
+
+No timing is asserted (the machine is shared): only that every ratio is a positive finite number.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+
+import pytest
+import torch
+from torch import nn
+
+from experiments.bench_memory import account, activation_elements
+from tests.conftest import REPO, run_cli
+
+
+def test_help_imports_no_torch():
+    code = ("import sys; from experiments.benchmark import parse\n"
+            "try:\n    parse(['--help'])\nexcept SystemExit:\n    pass\n"
+            "heavy = [m for m in ('torch', 'torchvision', 'pytorch_lightning') if m in sys.modules]\n"
+            "print('HEAVY', heavy)")
+    result = subprocess.run([sys.executable, "-c", code], cwd=REPO, text=True, capture_output=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert "usage: python -m experiments.benchmark" in result.stdout
+    assert "HEAVY []" in result.stdout
+
+
+def test_single_conv_layer_bill_is_exact():
+    net = nn.Sequential(nn.Conv2d(3, 8, kernel_size=3, padding=1), nn.ReLU())
+    counted = activation_elements(net, (3, 16, 16))
+    assert counted["total"] == 8 * 16 * 16  # the ReLU folds into the conv, as in the lecture
+    assert counted["input"] == 3 * 16 * 16
+    bill = account(net, (3, 16, 16), batch_size=4, optimizer="sgd_momentum")
+    params = 8 * 3 * 3 * 3 + 8
+    assert bill["parameters"] == params
+    assert bill["bytes"] == {
+        "activations_forward": 4 * (3 * 16 * 16 + 8 * 16 * 16) * 4,
+        "activation_gradients": 4 * 8 * 16 * 16 * 4,
+        "parameters": params * 4,
+        "gradients": params * 4,
+        "optimizer_state": params * 4,
+    }
+    assert bill["total_bytes"] == sum(bill["bytes"].values())
+    assert account(net, (3, 16, 16), 4, optimizer="adam")["optimizer_state_values"] == 2 * params
+
+
+def test_lecture_vgg16_activations_on_meta_device():
+    from models.vgg import VGG
+
+    with torch.device("meta"):
+        model = VGG(in_channels=3, num_classes=1000, input_size=224, config="D")
+    counted = activation_elements(model, (3, 224, 224))
+    # The lecture's per-layer list (convs, pools, FCs) sums to ~15.2M with the 150K input.
+    assert 14.9e6 < counted["total"] < 15.2e6
+
+
+@pytest.fixture(scope="module")
+def quick_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("bench")
+    result = run_cli("experiments.benchmark", "quick=true", f"output_dir={out}", cwd=REPO, timeout=240, check=True)
+    files = list(out.glob("*.json"))
+    assert len(files) == 1, files
+    return json.loads(files[0].read_text()), result
+
+
+def test_quick_benchmark_writes_json(quick_run):
+    payload, result = quick_run
+    assert "ours / plain" in result.stdout
+    for key in ("suite", "machine", "ratios", "results", "command", "settings"):
+        assert key in payload
+    for key in ("cpu", "cpu_count", "torch", "torch_threads"):
+        assert key in payload["machine"]
+    results = payload["results"]
+    assert set(results) == {"overhead", "startup", "memory", "options"}
+    assert {"overhead/lenet5", "data/lenet5", "memory/lenet5", "options/channels_last",
+            "options/deterministic", "options/bf16_autocast"} <= set(payload["ratios"])
+    for name, value in payload["ratios"].items():
+        assert math.isfinite(value) and value > 0, (name, value)
+    assert results["overhead"][0]["sync_probe"]["steps"] > 0
+    assert results["startup"]["help_seconds"] > 0
+
+
+def test_gpu_suite_without_gpu_says_so_in_one_line():
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    result = run_cli("experiments.benchmark", "suite=gpu", cwd=REPO, timeout=60)
+    assert result.returncode == 2
+    assert result.stderr.strip().count("\n") == 0 and "suite=gpu needs a CUDA GPU" in result.stderr
