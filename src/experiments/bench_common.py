@@ -57,10 +57,13 @@ def ratio(numerator: Sequence[float], denominator: Sequence[float]) -> float:
 def quiet_lightning():
     """Keep Lightning's info lines (GPU available, model summary) out of the benchmark's table."""
     import logging
+    import warnings
 
     from experiments.console import silence_harmless_warnings
 
     silence_harmless_warnings()
+    # A benchmark run stops at max_steps inside its first epoch, before any validation: expected here.
+    warnings.filterwarnings("ignore", message=".*could not find the monitored key.*")
     loggers = [logging.getLogger(name) for name in ("pytorch_lightning", "lightning.pytorch", "lightning.fabric")]
     levels = [logger.level for logger in loggers]
     for logger in loggers:

@@ -219,7 +219,9 @@ def largest_batch(overrides: list[str], start: int = 16, limit: int = 4096, auto
         try:
             measure(overrides, batch, steps=1, device="cuda", autocast=autocast, channels_last=channels_last)
             return True
-        except torch.cuda.OutOfMemoryError:
+        except RuntimeError as error:  # torch.cuda.OutOfMemoryError, or cuDNN's own "out of memory"
+            if "out of memory" not in str(error).lower():
+                raise
             return False
         finally:
             gc.collect()

@@ -59,8 +59,13 @@ def startup(repeats: int, first_step_repeats: int, first_step_overrides: Sequenc
     result: dict[str, Any] = {"samples_seconds": samples, "help_seconds": median(samples["help"]),
                               "cfg_job_seconds": median(samples["cfg_job"]), "target_seconds": 1.0}
     if first_step_repeats:
-        first = [first_step_seconds(first_step_overrides) for _ in range(first_step_repeats)]
-        result["samples_seconds"]["first_step"] = first
-        result["first_step_seconds"] = median(first)
         result["first_step_command"] = "python -m experiments.train " + " ".join(first_step_overrides)
+        try:  # e.g. the default experiment's dataset is not on this machine: say so, keep the other figures
+            first = [first_step_seconds(first_step_overrides) for _ in range(first_step_repeats)]
+        except (RuntimeError, subprocess.TimeoutExpired) as error:
+            result["first_step_error"] = " ".join(str(error).split())[-500:]
+            log(f"  first step: {result['first_step_error'][-200:]}")
+        else:
+            result["samples_seconds"]["first_step"] = first
+            result["first_step_seconds"] = median(first)
     return result

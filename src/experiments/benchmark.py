@@ -54,7 +54,15 @@ def run(cfg, suite, log=print) -> dict[str, Any]:
 
     gpu = cfg.suite == "gpu"
     sections = set(cfg.sections)
-    results: dict[str, Any] = {}
+    results: dict[str, Any] = {"section_seconds": {}}
+    clock = time.perf_counter()
+
+    def lap(name: str) -> None:  # wall time per section: to keep the default run within ~5 minutes
+        nonlocal clock
+        now = time.perf_counter()
+        results["section_seconds"][name] = round(now - clock, 1)
+        clock = now
+
     if sections & {"overhead", "data"}:
         log("overhead" + (" + data path" if "data" in sections else ""))
         results["overhead"] = []
@@ -63,20 +71,24 @@ def run(cfg, suite, log=print) -> dict[str, Any]:
             results["overhead"].append(overhead(
                 case, int(suite.rounds), data_path="data" in sections and index == 0,
                 data_steps=int(suite.data_steps), probe_window=int(suite.probe_window) if index == 0 else 0, log=log))
+            lap(f"overhead/{case.name}")
     if "startup" in sections:
         from experiments.bench_startup import startup
 
         log("start-up")
         results["startup"] = startup(int(suite.startup.repeats), int(suite.startup.first_step_repeats),
                                      list(suite.startup.first_step_overrides), log=log)
+        lap("startup")
     if "memory" in sections:
         log("memory")
         results["memory"] = memory_section(suite.memory, gpu)
+        lap("memory")
     if "options" in sections:
         log("options")
         case = Case.from_cfg(suite.options.case, gpu=gpu)
         names = [n for n in suite.options.names if gpu or n != "fp16_autocast"]
         results["options"] = options(case, names, int(suite.options.rounds), log=log)
+        lap("options")
     return results
 
 
@@ -121,8 +133,8 @@ def main(argv: list[str] | None = None) -> int:
     if cfg.suite == "gpu" and not torch.cuda.is_available():
         print("benchmark: suite=gpu needs a CUDA GPU and this machine has none; run suite=cpu here.", file=sys.stderr)
         return 2
-    if cfg.threads:
-        torch.set_num_threads(int(cfg.threads))
+    if suite.get("threads"):
+        torch.set_num_threads(int(suite.threads))
     from omegaconf import OmegaConf
 
     from experiments.bench_common import machine_facts

@@ -105,7 +105,8 @@ def render_memory(cfg: DictConfig) -> None:
     """The lectures' memory bill of one training step (see :mod:`experiments.bench_memory`)."""
     import torch
 
-    from experiments.bench_memory import account, render as render_bill
+    from experiments.bench_memory import account
+    from experiments.bench_memory import render as render_bill
     from experiments.build import build_model
 
     shape = input_shape_of(cfg)

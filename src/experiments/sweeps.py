@@ -53,6 +53,8 @@ def run_trial(cfg: DictConfig, train: Callable[[DictConfig], float]) -> float:
         log.error(f"Trial failed ({kind}): {reason}")
         record_failure(run_dir, kind, reason, started, traceback_text=traceback.format_exc())
         return math.nan
+    finally:
+        _end_process_group()
     diverged = divergence_in(run_dir)
     if diverged or not math.isfinite(value):
         metric = str(cfg.get("optimized_metric", "val/err_best"))
@@ -62,6 +64,14 @@ def run_trial(cfg: DictConfig, train: Callable[[DictConfig], float]) -> float:
         record_failure(run_dir, kind, reason, started)
         return math.nan
     return value
+
+
+def _end_process_group() -> None:
+    """Close a DDP trial's process group: its other processes have exited, and the next trial in
+    this process must start its own group instead of talking to them."""
+    distributed = getattr(sys.modules.get("torch"), "distributed", None)
+    if distributed is not None and distributed.is_available() and distributed.is_initialized():
+        distributed.destroy_process_group()
 
 
 def classify(error: BaseException) -> tuple[str, str]:

@@ -30,6 +30,17 @@ TRAIN_CASES = [
     (["data=svhn", "data.root=missing_folder", "data.download=false"], ["data.root", "svhn", "not found"]),
     (["resume=true"], ["resume", "found no unfinished run"]),
     (["resume=no/such/run"], ["resume", "does not exist"]),
+    (["model=resnet20", "model.depth=21"], ["model.depth=21", "6n+2"]),
+    (["model=alexnet"], ["data.image_size"]),
+    (["optimizer=nonexistent"], ["optimizer/nonexistent"]),
+    (["data=nonexistent"], ["data/nonexistent"]),
+    (["data.num_classes=0"], ["num_classes=0"]),
+    (["model=resnext50_32x4d", "data.image_size=64", "model.groups=3", "model.width_per_group=null"],
+     ["model.groups=3", "divide"]),
+    (["data=fashion_mnist", "data.root={bad}/truncated", "data.download=false"], ["truncated or corrupt"]),
+    (["data=imagefolder", "data.root={bad}/one_class"], ["data.root", "class folder"]),
+    (["data=imagefolder", "data.root={bad}/unreadable"], ["not a readable image"]),
+    (["resume={bad}/truncated_run"], ["checkpoint", "truncated"]),
 ]
 
 
@@ -38,6 +49,36 @@ def workdir(tmp_path_factory) -> Path:
     """A project folder whose outputs/ already holds a finished run that nothing may touch."""
     folder = tmp_path_factory.mktemp("project")
     run_cli("experiments.train", *TINY, "trainer.max_epochs=1", cwd=folder, check=True)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def bad(workdir: Path) -> Path:
+    """Broken inputs outside outputs/: truncated dataset files, bad image folders, a truncated checkpoint."""
+    import gzip
+
+    from PIL import Image
+
+    folder = workdir / "bad"
+    truncated = folder / "truncated" / "fashion_mnist"
+    truncated.mkdir(parents=True)
+    for name in ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte",
+                 "t10k-labels-idx1-ubyte"):
+        header = bytes([0, 0, 8, 3]) + (1000).to_bytes(4, "big") + (28).to_bytes(4, "big") * 2
+        (truncated / f"{name}.gz").write_bytes(gzip.compress(header + b"\x00" * 100))
+    for case, classes in (("one_class", ["cat"]), ("unreadable", ["cat", "dog"])):
+        for split in ("train", "val"):
+            for label in classes:
+                target = folder / case / split / label
+                target.mkdir(parents=True)
+                for i in range(3):
+                    Image.new("RGB", (8, 8), (i * 40, 0, 0)).save(target / f"{i}.png")
+    (folder / "unreadable" / "train" / "dog" / "broken.png").write_bytes(b"not a png at all")
+    run = _finished_run(workdir)
+    copy = folder / "truncated_run"
+    shutil.copytree(run, copy)
+    last = copy / "checkpoints" / "last.ckpt"
+    last.write_bytes(last.read_bytes()[:1500])
     return folder
 
 
@@ -53,9 +94,10 @@ def _assert_clean_failure(result, words: list[str]) -> None:
 
 
 @pytest.mark.parametrize(("args", "words"), TRAIN_CASES, ids=[" ".join(a) for a, _ in TRAIN_CASES])
-def test_train_rejects_bad_input_cleanly(workdir, args, words):
+def test_train_rejects_bad_input_cleanly(workdir, bad, args, words):
+    args = [a.replace("{bad}", str(bad)) for a in args]
     before = tree_hashes(workdir / "outputs")
-    base = ["quiet=true"] if any(a.startswith("data=") for a in args) else TINY
+    base = ["quiet=true"] if any(a.startswith(("data=", "resume=/")) for a in args) else TINY
     result = run_cli("experiments.train", *base, "trainer.max_epochs=1", *args, cwd=workdir, timeout=120)
     _assert_clean_failure(result, words)
     assert tree_hashes(workdir / "outputs") == before, "a failed command must leave outputs/ as it was"

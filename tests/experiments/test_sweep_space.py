@@ -58,7 +58,7 @@ def test_random_log_samples_log_uniformly(compose, key):
     linear_fit = stats.kstest(values, "uniform", args=(dist.low, dist.high - dist.low))
     assert linear_fit.pvalue < 1e-6
     # Each decade gets about the same share of the draws (for lr 1e-4..1: a quarter each).
-    decades = np.histogram(np.log10(values), bins=int(round(hi - lo)), range=(lo, hi))[0]
+    decades = np.histogram(np.log10(values), bins=round(hi - lo), range=(lo, hi))[0]
     assert decades.min() > 0.6 * len(values) / len(decades)
 
 
