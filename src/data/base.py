@@ -7,6 +7,7 @@ per-image Python), and the batched augment/normalise pipeline on the batch's dev
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -53,13 +54,22 @@ class EpochSeededSampler(RandomSampler):
     def __init__(self, data_source, seed: int = 0) -> None:
         super().__init__(data_source)
         self.seed, self.epoch = int(seed), 0
+        self._skip: tuple[int, int] | None = None  # (epoch, indices already trained on in it)
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = int(epoch)
 
+    def skip_on_resume(self, epoch: int, count: int) -> None:
+        """Leave out the first ``count`` indices of ``epoch``'s order: a run resumed mid-epoch saw them."""
+        self._skip = (int(epoch), int(count))
+
     def __iter__(self):
         self.generator = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
-        return super().__iter__()
+        order = super().__iter__()
+        if self._skip is not None and self._skip[0] == self.epoch:
+            order = itertools.islice(order, self._skip[1], None)
+        self._skip = None
+        return order
 
 
 def already_batched(batch):
@@ -201,6 +211,10 @@ class InMemoryDataModule(pl.LightningDataModule):
     def on_after_batch_transfer(self, batch, dataloader_idx: int):
         images, labels = batch
         training = self.trainer is not None and self.trainer.training
+        resume = getattr(self, "_resume_state", None)
+        if training and resume:
+            torch.set_rng_state(resume["rng"])  # the resumed mid-epoch run's first batch
+            self._resume_state = None
         return self.pipeline(images, train=training), labels
 
     def transform_batch(self, images: torch.Tensor, train: bool) -> torch.Tensor:
@@ -248,6 +262,9 @@ class InMemoryDataModule(pl.LightningDataModule):
         if dataset is None:
             raise RuntimeError("setup() must run before asking for a dataloader")
         sampler = EpochSeededSampler(dataset, self.shuffle_seed) if shuffle else SequentialSampler(dataset)
+        if shuffle:
+            self._train_sampler = sampler
+            self._apply_resume()
         size = self.batch_size if shuffle else self.eval_batch_size
         resident = dataset.labels.device.type != "cpu"
         # batch_size + sampler (not a batch_sampler): Lightning's DDP swaps in a DistributedSampler and
@@ -266,3 +283,28 @@ class InMemoryDataModule(pl.LightningDataModule):
             pin_memory=not resident and torch.cuda.is_available(),
             persistent_workers=self.num_workers > 0 and not resident,
         )
+
+    # --- exact resume mid-epoch -----------------------------------------------------------------
+    # Lightning saves and restores a DataModule's state_dict with every checkpoint. A run stopped
+    # mid-epoch (Ctrl-C, SIGTERM) records how many batches the training loop consumed in the epoch and
+    # torch's RNG state; on resume the epoch's order skips those batches and the RNG is restored just
+    # before the next batch is augmented, so training continues as if it had never stopped.
+    def state_dict(self) -> dict[str, Any]:
+        trainer = self.trainer
+        if trainer is None or not trainer.training:
+            return {}
+        done = trainer.fit_loop.epoch_loop.batch_progress.current.completed
+        if done == 0 or done >= trainer.num_training_batches:
+            return {}  # an epoch boundary: the per-epoch seeding already makes resuming exact
+        return {"epoch": trainer.current_epoch, "batches": int(done), "rng": torch.get_rng_state()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self._resume_state = dict(state) if state else None
+        self._apply_resume()
+
+    def _apply_resume(self) -> None:
+        state = getattr(self, "_resume_state", None)
+        sampler = getattr(self, "_train_sampler", None)
+        # Kept until the first training batch: Lightning may build the train loader more than once.
+        if state and isinstance(sampler, EpochSeededSampler):
+            sampler.skip_on_resume(state["epoch"], state["batches"] * self.batch_size)

@@ -2,7 +2,7 @@
 
 Absolute times on a shared machine are noise, so every figure is a ratio of two contenders timed in
 the same process, alternated round by round (A B, B A, A B, ...) so background load hits both alike;
-a ratio is the ratio of the medians.
+a ratio is the median of the per-round ratios (the JSON keeps every sample).
 """
 
 from __future__ import annotations
@@ -49,6 +49,12 @@ def median(values: Sequence[float]) -> float:
 
 
 def ratio(numerator: Sequence[float], denominator: Sequence[float]) -> float:
+    """Median of the per-round ratios: each pair ran back to back, so it saw (nearly) the same load."""
+    pairs = [a / b for a, b in zip(numerator, denominator) if b]
+    return median(pairs) if pairs else float("nan")
+
+
+def ratio_of_medians(numerator: Sequence[float], denominator: Sequence[float]) -> float:
     bottom = median(denominator)
     return median(numerator) / bottom if bottom else float("nan")
 

@@ -124,20 +124,32 @@ def human_bytes(size: float) -> str:
 
 
 # --- measured --------------------------------------------------------------------------------------
-def _rss_bytes() -> int:
-    """Current resident set size (Linux /proc; peak RSS otherwise)."""
+def _status_bytes(field: str) -> int | None:
+    """A ``VmRSS``/``VmHWM`` line of /proc/self/status in bytes (Linux), else None."""
     try:
-        with open("/proc/self/statm") as handle:
-            import os
-
-            return int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+        with open("/proc/self/status") as handle:
+            for line in handle:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1]) * 1024
     except OSError:
-        return _peak_rss_bytes()
+        pass
+    return None
+
+
+def _rss_bytes() -> int:
+    """Current resident set size."""
+    current = _status_bytes("VmRSS")
+    return current if current is not None else _peak_rss_bytes()
 
 
 def _peak_rss_bytes() -> int:
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return peak if sys.platform == "darwin" else peak * 1024  # Linux reports KiB
+    """Peak RSS of this process image. ``VmHWM``, not ``ru_maxrss``: on Linux a child started by fork+exec
+    inherits its parent's ``ru_maxrss``, which would bill the benchmark process's memory to the model."""
+    peak = _status_bytes("VmHWM")
+    if peak is not None:
+        return peak
+    maxrss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return maxrss if sys.platform == "darwin" else maxrss * 1024  # Linux reports KiB
 
 
 def measure(overrides: list[str], batch_size: int, steps: int = 2, device: str = "cpu",

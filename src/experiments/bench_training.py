@@ -24,7 +24,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from experiments.bench_common import compose_train, interleave, median, quiet_lightning, ratio
+from experiments.bench_common import (
+    compose_train,
+    interleave,
+    median,
+    quiet_lightning,
+    ratio,
+    ratio_of_medians,
+)
 
 
 @dataclass
@@ -302,6 +309,7 @@ def overhead(case: Case, rounds: int, data_path: bool = False, data_steps: int =
         "device": device.type, "rounds": rounds, "samples_images_per_s": samples,
         "ours_images_per_s": median(samples["ours"]), "plain_images_per_s": median(samples["plain"]),
         "ratio_ours_over_plain": ratio(samples["ours"], samples["plain"]),
+        "ratio_of_medians_ours_over_plain": ratio_of_medians(samples["ours"], samples["plain"]),
     }
     if data_path:
         result["data_images_per_s"] = median(samples["data"])

@@ -13,9 +13,11 @@ Kept free of torch and Lightning imports: ``experiments.train`` imports this mod
 from __future__ import annotations
 
 import csv
+import gc
 import json
 import logging
 import math
+import os
 import sys
 import time
 import traceback
@@ -29,6 +31,8 @@ from omegaconf import DictConfig
 log = logging.getLogger(__name__)
 
 FAILURE_FILE = "failure.json"
+# What Lightning's DDP launcher sets in the launching process's environment.
+_DDP_ENV = ("MASTER_ADDR", "MASTER_PORT", "NODE_RANK", "LOCAL_RANK", "WORLD_SIZE", "GLOBAL_RANK", "RANK")
 SUMMARY_FILE = "summary.json"
 METRICS_FILE = "metrics.csv"
 
@@ -54,24 +58,48 @@ def run_trial(cfg: DictConfig, train: Callable[[DictConfig], float]) -> float:
         record_failure(run_dir, kind, reason, started, traceback_text=traceback.format_exc())
         return math.nan
     finally:
-        _end_process_group()
-    diverged = divergence_in(run_dir)
-    if diverged or not math.isfinite(value):
-        metric = str(cfg.get("optimized_metric", "val/err_best"))
-        reason = diverged or f"the objective {metric} is {value} (not a finite number)"
-        kind = "diverged" if diverged or math.isnan(value) else "non-finite objective"
+        _clean_up_after_trial()
+    try:
+        problem = bad_result(run_dir, str(cfg.get("optimized_metric", "val/err_best")), value)
+    except Exception as error:  # an unreadable metrics.csv or summary.json: the result cannot be trusted
+        problem = "exception", f"reading the trial's results failed: {type(error).__name__}: {error}"
+    if problem is not None:
+        kind, reason = problem
         log.error(f"Trial failed ({kind}): {reason}")
         record_failure(run_dir, kind, reason, started)
         return math.nan
     return value
 
 
-def _end_process_group() -> None:
-    """Close a DDP trial's process group: its other processes have exited, and the next trial in
-    this process must start its own group instead of talking to them."""
-    distributed = getattr(sys.modules.get("torch"), "distributed", None)
+def bad_result(run_dir: Path, metric: str, value: float) -> tuple[str, str] | None:
+    """(kind, reason) when a trial that ran to the end must still count as failed, else None."""
+    diverged = divergence_in(run_dir)
+    if diverged:
+        return "diverged", diverged
+    if math.isfinite(value):
+        return None
+    summary_path = run_dir / SUMMARY_FILE
+    metrics = (json.loads(summary_path.read_text()).get("metrics") or {}) if summary_path.is_file() else {}
+    if metric not in metrics:
+        return "missing_metric", (f"optimized_metric={metric} is not among the run's metrics "
+                                  f"({', '.join(sorted(metrics)) or 'none'}); set optimized_metric=val/err_best "
+                                  "or another logged key")
+    return "non_finite_objective", f"{metric} = {value}"
+
+
+def _clean_up_after_trial() -> None:
+    """Leave the process as a fresh trial needs it: a DDP trial's process group closed (its other
+    processes have exited; the next trial must start its own group instead of talking to them) and
+    the GPU's cached memory handed back (after an out-of-memory error above all)."""
+    torch = sys.modules.get("torch")
+    if torch is None:
+        return
+    distributed = getattr(torch, "distributed", None)
     if distributed is not None and distributed.is_available() and distributed.is_initialized():
         distributed.destroy_process_group()
+    if torch.cuda.is_available():
+        gc.collect()
+        torch.cuda.empty_cache()
 
 
 def classify(error: BaseException) -> tuple[str, str]:
@@ -124,10 +152,10 @@ def record_failure(run_dir: Path, kind: str, reason: str, started: float, traceb
     """
     from experiments import runs
 
-    overrides = _job_overrides()
-    failure = {"status": "failed", "kind": kind, "reason": reason, "overrides": overrides,
-               "job_num": _job_num(), "wall_time_s": round(time.time() - started, 2), "traceback": traceback_text}
     try:
+        overrides = _job_overrides()
+        failure = {"status": "failed", "kind": kind, "reason": reason, "overrides": overrides, "job_num": _job_num(),
+                   "wall_time_s": round(time.time() - started, 2), "traceback": traceback_text}
         runs.write_json_atomic(run_dir / FAILURE_FILE, failure)
         summary_path = run_dir / SUMMARY_FILE
         summary = runs.read_json(summary_path) if summary_path.is_file() else {
@@ -135,7 +163,7 @@ def record_failure(run_dir: Path, kind: str, reason: str, started: float, traceb
             "wall_time_s": failure["wall_time_s"], "metrics": {}}
         summary.update(status="failed", failure={"kind": kind, "reason": reason})
         runs.write_json_atomic(summary_path, summary)
-    except OSError as error:  # a full disk must not turn one failed trial into a crashed sweep
+    except Exception as error:  # a full disk must not turn one failed trial into a crashed sweep
         log.error(f"Could not record the failure in {run_dir}: {error}")
 
 
@@ -147,8 +175,12 @@ def _job_overrides() -> list[str]:
 
 def _job_num() -> int | None:
     from hydra.core.hydra_config import HydraConfig
+    from omegaconf import OmegaConf
 
-    return int(HydraConfig.get().job.num) if HydraConfig.initialized() else None
+    if not HydraConfig.initialized():
+        return None
+    num = OmegaConf.select(HydraConfig.get(), "job.num", default=None, throw_on_missing=False)
+    return None if num is None else int(num)
 
 
 @contextmanager
@@ -160,24 +192,37 @@ def _ddp_children_run_this_trial_only() -> Iterator[None]:
     the search space, so each child would start a sweep of its own, and ``run.dir`` is not the trial's
     folder. While the trial trains, the command line is this job's own overrides (no ``-m``) and
     ``run.dir`` is its folder: every process trains the same trial, which writes one run folder.
+    Lightning also leaves ``LOCAL_RANK``, ``MASTER_PORT``... in this process's environment, which
+    would make the next trial believe its processes were started for it (and wait for them forever),
+    so those are put back afterwards too.
     """
     from hydra.core.hydra_config import HydraConfig
-    from omegaconf import read_write
+    from omegaconf import OmegaConf, read_write
 
     if not HydraConfig.initialized():
         yield
         return
     hydra_cfg = HydraConfig.get()
+    output_dir = OmegaConf.select(hydra_cfg, "runtime.output_dir", default=None, throw_on_missing=False)
+    if output_dir is None:  # not a job Hydra launched (a composed config in a test)
+        yield
+        return
     saved_argv, saved_run_dir = list(sys.argv), hydra_cfg.run.dir
+    saved_env = {key: os.environ.get(key) for key in _DDP_ENV}
     sys.argv = [sys.argv[0], *hydra_cfg.overrides.task]
     with read_write(hydra_cfg):
-        hydra_cfg.run.dir = hydra_cfg.runtime.output_dir
+        hydra_cfg.run.dir = output_dir
     try:
         yield
     finally:
         sys.argv = saved_argv
         with read_write(hydra_cfg):
             hydra_cfg.run.dir = saved_run_dir
+        for key, value in saved_env.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
 
 
 def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:

@@ -153,3 +153,19 @@ def test_submitit_local_launcher_runs_a_sweep(tmp_path):
     assert [t.state for t in _study(sweep).trials] == [optuna.trial.TrialState.COMPLETE] * 2
     for name in _trial_dirs(sweep):
         assert json.loads((sweep / name / "summary.json").read_text())["status"] == "finished"
+
+
+@pytest.mark.slow  # ~30-60 s: two DDP trainings of 2 CPU processes each
+def test_ddp_trials_do_not_fork_the_sweep(tmp_path):
+    result = run_cli("experiments.train", *SWEEP, "data.batch_size=32", "trainer=ddp_cpu", "hydra.sweeper.n_trials=2",
+                     cwd=tmp_path, check=True, timeout=400)
+    sweep = _only_sweep(tmp_path)
+    assert _trial_dirs(sweep) == ["0_lenet5-synthetic", "1_lenet5-synthetic"]
+    assert not (tmp_path / "outputs" / "train").exists(), "a DDP process made a run folder of its own"
+    assert [t.state for t in _study(sweep).trials] == [optuna.trial.TrialState.COMPLETE] * 2
+    log = result.stdout + result.stderr + "".join((sweep / n / "train.log").read_text() for n in _trial_dirs(sweep))
+    assert log.count("Study ") <= 2, "a DDP process started a sweep of its own"
+    for name in _trial_dirs(sweep):
+        summary = json.loads((sweep / name / "summary.json").read_text())
+        # 256 training images, batch 32: 4 steps per process when 2 processes share an epoch.
+        assert summary["status"] == "finished" and summary["steps"] == 4

@@ -18,3 +18,30 @@ class DieAtEpochStart(pl.Callback):
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if os.environ.get("CNN_TEST_DIE") and trainer.current_epoch == self.epoch:
             os._exit(17)
+
+
+class TraceBatches(pl.Callback):
+    """Print step, batch index, a label fingerprint and the RNG state's hash at every training batch."""
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        import hashlib
+
+        import torch
+
+        rng = hashlib.md5(torch.get_rng_state().numpy().tobytes()).hexdigest()[:8]
+        labels = "".join(str(int(v)) for v in batch[1][:6])
+        lr = trainer.optimizers[0].param_groups[0]["lr"]
+        print(f"TRACE step={trainer.global_step} idx={batch_idx} labels={labels} rng={rng} lr={lr:.6f}", flush=True)
+
+
+class SignalAtStep(pl.Callback):
+    """Send this process SIGTERM after training step ``step`` (only with CNN_TEST_DIE set)."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        import signal
+
+        if os.environ.get("CNN_TEST_DIE") and trainer.global_step == self.step:
+            os.kill(os.getpid(), signal.SIGTERM)

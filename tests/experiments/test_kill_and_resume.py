@@ -1,0 +1,84 @@
+"""Killing a real training process mid-epoch (SIGTERM or SIGKILL) loses nothing: the resumed run ends
+with exactly the weights and metrics of a run that was never interrupted."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.conftest import TESTS, TINY, run_cli
+
+# ~60 steps per epoch, so a signal sent shortly after the first last.ckpt lands mid-epoch.
+COMMAND = [*TINY, "data.num_train=2048", "data.batch_size=32", "trainer.max_epochs=3", "model.dropout=0.3",
+           "data.augment.crop_padding=2", "data.augment.hflip=true", "scheduler=cosine"]
+
+
+def _runs(outputs: Path) -> list[Path]:
+    return sorted(p.parent for p in outputs.glob("train/*/*/config.yaml"))
+
+
+def _weights(run: Path) -> dict[str, torch.Tensor]:
+    return torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory) -> Path:
+    workdir = tmp_path_factory.mktemp("whole")
+    run_cli("experiments.train", *COMMAND, cwd=workdir, check=True)
+    return _runs(workdir / "outputs")[0]
+
+
+def _start_and_kill(workdir: Path, sig: int) -> tuple[int, Path, int]:
+    env = {**os.environ, "PYTHONPATH": str(TESTS / "helpers"), "WANDB_MODE": "offline"}
+    process = subprocess.Popen([sys.executable, "-m", "experiments.train", *COMMAND], cwd=workdir, env=env,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 240
+    while not list(workdir.glob("outputs/train/*/*/checkpoints/last.ckpt")):
+        assert process.poll() is None and time.time() < deadline, "training ended before its first epoch"
+        time.sleep(0.05)
+    time.sleep(0.5)  # into the second epoch
+    process.send_signal(sig)
+    _, stderr = process.communicate(timeout=120)
+    (run,) = _runs(workdir / "outputs")
+    step = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["global_step"]
+    return process.returncode, run, step, stderr
+
+
+def _assert_same_end(run: Path, reference: Path) -> None:
+    summary = json.loads((run / "summary.json").read_text())
+    expected = json.loads((reference / "summary.json").read_text())
+    assert summary["status"] == "finished" and summary["steps"] == expected["steps"]
+    for key in ("val/err_best", "test/acc", "test/loss", "train/loss"):
+        assert summary["metrics"][key] == pytest.approx(expected["metrics"][key], rel=1e-5, abs=1e-6), key
+    ours, theirs = _weights(run), _weights(reference)
+    assert all(torch.allclose(ours[k], theirs[k], atol=1e-6) for k in theirs)
+
+
+def test_sigterm_mid_epoch_saves_state_and_resumes_exactly(uninterrupted, tmp_path):
+    code, run, step, stderr = _start_and_kill(tmp_path, signal.SIGTERM)
+    assert code == 143, stderr[-2000:]
+    assert "Continue with: python -m experiments.train resume=" in stderr
+    assert "Traceback" not in stderr
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["status"] == "interrupted"
+    steps_per_epoch = json.loads((uninterrupted / "summary.json").read_text())["steps"] // 3
+    assert step % steps_per_epoch != 0, "the signal was meant to land mid-epoch"
+    run_cli("experiments.train", f"resume={run}", "quiet=true", cwd=tmp_path, check=True)
+    _assert_same_end(run, uninterrupted)
+
+
+def test_sigkill_mid_epoch_resumes_from_the_last_complete_epoch_exactly(uninterrupted, tmp_path):
+    code, run, step, _ = _start_and_kill(tmp_path, signal.SIGKILL)
+    assert code == -signal.SIGKILL
+    steps_per_epoch = json.loads((uninterrupted / "summary.json").read_text())["steps"] // 3
+    assert step % steps_per_epoch == 0, "after SIGKILL the last complete epoch's checkpoint remains"
+    run_cli("experiments.train", *COMMAND, "resume=true", cwd=tmp_path, check=True)
+    _assert_same_end(run, uninterrupted)
