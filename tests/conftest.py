@@ -55,5 +55,5 @@ def tree_hashes(folder: Path) -> dict[str, str]:
 TINY = [
     "data=synthetic", "data.in_channels=1", "data.mean=[0.5]", "data.std=[0.25]", "data.num_train=384",
     "data.num_test=128", "data.val_size=128", "data.batch_size=64", "data.signal=0.3",
-    "model=lenet5", "quiet=true",
+    "model=lenet5", "quiet=true", "callbacks=default",
 ]

@@ -119,6 +119,7 @@ class InMemoryDataModule(pl.LightningDataModule):
     """Base for datasets held in memory. Subclasses set ``name`` and implement ``load_split``."""
 
     name = "dataset"
+    classes: list[str] | None = None  # class names for plots; None means "0", "1", ...
 
     def __init__(
         self,

@@ -14,6 +14,7 @@ TEST_FRACTION = 0.25
 
 class DigitsDataModule(InMemoryDataModule):
     name = "digits"
+    classes = [str(d) for d in range(10)]
 
     def load_split(self, train: bool) -> tuple[torch.Tensor, torch.Tensor]:
         from sklearn.datasets import load_digits

@@ -19,6 +19,7 @@ _FILES = {
 
 class MNISTDataModule(InMemoryDataModule):
     name = "mnist"
+    classes = [str(d) for d in range(10)]
     torchvision_class = "MNIST"
     system_folder: str | None = "mnist"
     how_to_get = ("Put the four IDX files (train-images-idx3-ubyte[.gz], ...) under data/mnist/, or run once "
@@ -52,6 +53,8 @@ class MNISTDataModule(InMemoryDataModule):
 
 class FashionMNISTDataModule(MNISTDataModule):
     name = "fashion_mnist"
+    classes = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
+               "Ankle boot"]
     torchvision_class = "FashionMNIST"
     system_folder = "fashion-mnist"
     how_to_get = ("On Debian/Ubuntu: `apt-get install dataset-fashion-mnist` (files land in "

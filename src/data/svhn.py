@@ -22,6 +22,7 @@ class _TrustingSVHN(SVHN):
 
 class SVHNDataModule(InMemoryDataModule):
     name = "svhn"
+    classes = [str(d) for d in range(10)]
 
     def load_split(self, train: bool) -> tuple[torch.Tensor, torch.Tensor]:
         split = "train" if train else "test"

@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import math
+import shlex
 import subprocess
 import sys
 from dataclasses import asdict, dataclass
@@ -105,8 +106,13 @@ def stage_command(settings: Settings, stage: str, overrides: list[str], parent: 
     return command
 
 
+def _shown(command: list[str]) -> str:
+    """The stage's command as a user would type it (``python`` for this interpreter)."""
+    return " ".join(["python", *(shlex.quote(part) for part in command[1:])])
+
+
 def run_stage(command: list[str], stage: str) -> None:
-    print(f"\n== {stage} stage ==\n{' '.join(command[1:])}", flush=True)
+    print(f"\n== {stage} stage ==\n{_shown(command)}", flush=True)
     result = subprocess.run(command)
     if result.returncode != 0:
         raise RuntimeError(f"the {stage} sweep exited with status {result.returncode} (its output is above)")
@@ -166,7 +172,7 @@ def coarse_to_fine(overrides: list[str], settings: Settings) -> dict[str, Any]:
                               "train_overrides": overrides, "stages": {}, "ranges": {}}
 
     coarse_cmd = stage_command(settings, "coarse", overrides, parent, name, [])
-    record["stages"]["coarse"] = {"command": coarse_cmd[1:]}
+    record["stages"]["coarse"] = {"command": _shown(coarse_cmd)}
     runs.write_json_atomic(parent / RECORD_FILE, record)
     run_stage(coarse_cmd, "coarse")
     record["stages"]["coarse"].update(summarize_stage(parent / "coarse"))
@@ -175,7 +181,7 @@ def coarse_to_fine(overrides: list[str], settings: Settings) -> dict[str, Any]:
     narrowed = [interval_override(k, tuple(r["fine"]), r["log"]) for k, r in record["ranges"].items()]
     fine_overrides = [o for o in overrides if not _sets_key(o, set(record["ranges"]))]
     fine_cmd = stage_command(settings, "fine", fine_overrides, parent, name, narrowed)
-    record["stages"]["fine"] = {"command": fine_cmd[1:]}
+    record["stages"]["fine"] = {"command": _shown(fine_cmd)}
     runs.write_json_atomic(parent / RECORD_FILE, record)
     print("\nfine ranges: " + "; ".join(f"{k} {r['coarse']} -> {r['fine']}" for k, r in record["ranges"].items()))
     run_stage(fine_cmd, "fine")

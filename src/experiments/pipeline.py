@@ -178,8 +178,9 @@ def _fit_and_test(cfg: DictConfig, started: float, datamodule, module, ckpt_path
         results = trainer.test(module, datamodule=datamodule, verbose=False)
         test_metrics = {k: float(v) for k, v in (results[0] if results else {}).items()}
     metrics = {**fit_metrics, **test_metrics}
+    diverged = (run_dir / "diagnostics" / "nonfinite_stop.json").is_file()
     if trainer.is_global_zero:
-        status = "interrupted" if interrupted else "finished"
+        status = "interrupted" if interrupted else "diverged" if diverged else "finished"
         _write_summary(cfg, run_dir, status=status, started=started, metrics=metrics,
                        params=count_parameters(module.model), input_shape=input_shape_of(cfg),
                        epochs=trainer.current_epoch, steps=trainer.global_step)
@@ -188,6 +189,8 @@ def _fit_and_test(cfg: DictConfig, started: float, datamodule, module, ckpt_path
         else:
             rank_zero_info(f"run folder: {run_dir}")
     _finish_wandb(trainer)
+    if diverged:
+        return math.nan  # a sweep must not rank a diverged trial by the epochs before it blew up
     value = metrics.get(str(cfg.get("optimized_metric", "val/err_best")), math.nan)
     return float(value)
 
@@ -279,6 +282,8 @@ def _print_result(cfg: DictConfig, run_dir: Path, metrics: dict[str, float], sta
     if "test/acc" in metrics:
         lines.append(f"test accuracy: {metrics['test/acc']:.2f}%  (test error {metrics['test/err']:.2f}%, "
                      f"best val error {metrics.get('val/err_best', math.nan):.2f}%)")
+    if status == "diverged":
+        lines.append(f"the loss became non-finite: see {run_dir / 'diagnostics' / 'nonfinite_stop.json'}")
     if status == "interrupted":
         lines.append(f"interrupted; continue with: python -m experiments.train resume={run_dir}")
     lines.append(f"run folder: {run_dir}")

@@ -107,7 +107,8 @@ class ResumableOptunaSweeperImpl(OptunaSweeperImpl):
         folder's ``failure.json``, stored as the trial's ``failure`` attribute) and the sweep goes on.
         """
         recorded = self._recorded_trials()
-        self.job_idx = recorded
+        # Job number = Optuna trial number; past any folder already there (an in-memory study run again).
+        self.job_idx = max(recorded, _next_free_job_number(Path(self.sweep_dir)))
         study, distributions, fixed = self._create_study(arguments)  # a grid lowers n_trials to its size
         remaining = max(0, self.n_trials - recorded)
         log.info(f"Study {self.study_name}: {recorded} trial(s) recorded, {remaining} to run "
@@ -202,6 +203,11 @@ class ResumableOptunaSweeperImpl(OptunaSweeperImpl):
             log.error(f"No trial of study {self.study_name} completed; their reasons: "
                       f"python -m experiments.sweep_report {self.sweep_dir}")
         OmegaConf.save(OmegaConf.create(results), Path(self.sweep_dir) / "optimization_results.yaml")
+
+
+def _next_free_job_number(sweep_dir: Path) -> int:
+    numbers = [int(p.name.split("_", 1)[0]) for p in sweep_dir.glob("*_*") if p.name.split("_", 1)[0].isdigit()]
+    return max(numbers, default=-1) + 1
 
 
 def _tell_ignoring_grid_stop(study: optuna.Study, trial: optuna.trial.Trial, **kwargs: Any) -> None:

@@ -13,7 +13,6 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from tests.conftest import TESTS, TINY, run_cli
 
 # ~60 steps per epoch, so a signal sent shortly after the first last.ckpt lands mid-epoch.
