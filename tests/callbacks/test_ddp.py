@@ -24,7 +24,7 @@ def test_diverging_ddp_run_stops_on_both_ranks_and_sums_the_confusion_matrix(tmp
     log = (run / "train.log").read_text() + result.stderr
     assert log.count("Non-finite training loss") == 1  # said once, by rank zero
     summary = json.loads((run / "summary.json").read_text())
-    assert summary["status"] == "finished" and summary["steps"] < 3 * 4
+    assert summary["status"] == "diverged" and summary["steps"] < 3 * 4
     confusion = json.loads((run / "diagnostics/confusion_matrix.json").read_text())
     assert sum(map(sum, confusion["matrix"])) == 128  # both halves of the validation set
     state = torch.load(run / "checkpoints/last.ckpt", map_location="cpu", weights_only=False)["state_dict"]

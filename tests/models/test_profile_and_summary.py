@@ -12,7 +12,7 @@ import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from experiments.build import build_model
+from experiments.build import MODEL_METADATA_KEYS, build_model
 from experiments.errors import UserError
 from experiments.summary import summarise
 from models.errors import ModelConfigError
@@ -125,5 +125,5 @@ def test_model_configs_follow_the_contract(name: str) -> None:
     assert ("input_size" in raw) == ("input_size" in signature.parameters)
     if "input_size" in raw:
         assert raw["input_size"] == "${data.image_size}"
-    assert set(raw) - {"_target_", "paper"} <= set(signature.parameters)
+    assert set(raw) - {"_target_", *MODEL_METADATA_KEYS} <= set(signature.parameters)
     assert {"title", "input_size", "num_classes"} <= set(raw["paper"])

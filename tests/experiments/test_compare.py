@@ -1,0 +1,187 @@
+"""experiments.compare / experiments.report on run folders written here, with known numbers."""
+
+from __future__ import annotations
+
+import csv
+import json
+import re
+from pathlib import Path
+
+import pytest
+from omegaconf import OmegaConf
+
+from experiments import compare as compare_cli
+from experiments import report as report_cli
+from experiments.compare import compare
+
+
+def write_run(folder: Path, *, depth: int, residual: bool, seed: int, train: list[float], val: list[float],
+              test: float | None = 10.0, params: int = 1000, status: str = "finished", metrics: bool = True) -> Path:
+    """A run folder as training leaves it: config.yaml, .hydra/overrides.yaml, metrics.csv, summary.json."""
+    folder.mkdir(parents=True)
+    config = {"seed": seed, "model": {"_target_": "models.resnet.ResNet", "depth": depth, "residual": residual},
+              "optimizer": {"lr": 0.1}}
+    (folder / "config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.create(config)))
+    (folder / ".hydra").mkdir()
+    overrides = [f"model.depth={depth}", f"model.residual={str(residual).lower()}", f"seed={seed}"]
+    (folder / ".hydra" / "overrides.yaml").write_text(OmegaConf.to_yaml(OmegaConf.create(overrides)))
+    if metrics:
+        with (folder / "metrics.csv").open("w", newline="") as handle:
+            writer = csv.writer(handle)
+            writer.writerow(["epoch", "step", "train/loss_step", "train/err", "train/loss", "val/err", "val/loss",
+                             "test/err"])
+            step = 0
+            for epoch, (t, v) in enumerate(zip(train, val, strict=True)):
+                step += 10
+                writer.writerow([epoch, step - 5, 1.0, "", "", "", "", ""])          # a step row
+                writer.writerow([epoch, step - 1, "", "", "", v, 0.5, ""])            # the val row
+                writer.writerow([epoch, step - 1, "", t, 0.4, "", "", ""])            # the train row
+            if test is not None:
+                writer.writerow([len(train), step, "", "", "", "", "", test])
+    summary = {"status": status, "seed": seed, "params": params, "macs": params * 100, "wall_time_s": 12.5,
+               "test_err": test, "best_val_err": min(val) if val else None, "metrics": {},
+               "command": "python -m experiments.train " + " ".join(overrides)}
+    (folder / "summary.json").write_text(json.dumps(summary))
+    return folder
+
+
+def by_key(rows: list[dict], **values) -> dict:
+    (row,) = [r for r in rows if all(r[k] == v for k, v in values.items())]
+    return row
+
+
+@pytest.fixture
+def degradation_sweep(tmp_path) -> Path:
+    """Plain: 56 trains worse than 20. Residual: 56 better than 20. Two seeds of plain-20."""
+    sweep = tmp_path / "sweep"
+    write_run(sweep / "0_plain20", depth=20, residual=False, seed=1, train=[40, 20, 10], val=[42, 24, 14], test=13)
+    write_run(sweep / "1_plain20", depth=20, residual=False, seed=2, train=[40, 22, 12], val=[43, 25, 16], test=15)
+    write_run(sweep / "2_plain56", depth=56, residual=False, seed=1, train=[50, 30, 18], val=[52, 33, 21], test=20)
+    write_run(sweep / "3_resnet20", depth=20, residual=True, seed=1, train=[35, 18, 9], val=[37, 21, 12], test=11)
+    write_run(sweep / "4_resnet56", depth=56, residual=True, seed=1, train=[33, 15, 6], val=[35, 19, 10], test=9)
+    (sweep / "multirun.yaml").write_text("hydra:\n  sweeper:\n    params:\n      model.depth: 20,56\n")
+    return sweep
+
+
+def test_groups_and_mean_std_in_the_tables(degradation_sweep, tmp_path):
+    result = compare([degradation_sweep], by=["model.depth", "model.residual"], out=tmp_path / "out",
+                     print_tables=False)
+    assert result.keys == ["model.depth", "model.residual"]
+    assert len(result.runs) == 5 and len(result.groups) == 4
+    plain20 = by_key(result.group_rows, **{"model.depth": "20", "model.residual": "false"})
+    assert plain20["n"] == 2 and plain20["seeds"] == "1 2"
+    assert plain20["final_train_err_mean"] == pytest.approx(11.0)
+    assert plain20["final_train_err_std"] == pytest.approx(2 ** 0.5)   # sample std of 10 and 12
+    assert plain20["best_val_err_best"] == pytest.approx(14.0)
+    assert plain20["best_val_err_mean"] == pytest.approx(15.0)
+    assert plain20["test_err_mean"] == pytest.approx(14.0)
+    resnet56 = by_key(result.group_rows, **{"model.depth": "56", "model.residual": "true"})
+    assert resnet56["n"] == 1 and resnet56["final_train_err_std"] is None and resnet56["best_train_err_best"] == 6
+    run = by_key(result.run_rows, run="2_plain56")
+    assert (run["final_train_err"], run["best_val_err"], run["final_val_err"], run["test_err"]) == (18, 21, 21, 20)
+    assert run["epochs"] == 3 and run["params"] == 1000 and run["macs"] == 100000 and run["gap"] == 3
+    # the saved tables hold the same numbers
+    groups_md = (tmp_path / "out" / "groups.md").read_text()
+    assert "10.00 (11.00 ± 1.41)" in groups_md and "14.00 (15.00 ± 1.41)" in groups_md
+    with (tmp_path / "out" / "groups.csv").open() as handle:
+        rows = list(csv.DictReader(handle))
+    assert float(by_key(rows, **{"model.depth": "20", "model.residual": "false"})["final_train_err_mean"]) == 11.0
+    assert "| 2_plain56 | 56 | false |" in (tmp_path / "out" / "runs.md").read_text()
+    assert (tmp_path / "out" / "curves.png").stat().st_size > 1000
+    assert "<svg" in (tmp_path / "out" / "curves.svg").read_text()
+
+
+def test_default_grouping_is_what_the_runs_vary(degradation_sweep, tmp_path):
+    result = compare([degradation_sweep], out=tmp_path / "out", print_tables=False)
+    assert result.keys == ["model.depth", "model.residual"]   # seed varies too but is not a configuration
+
+
+def test_degradation_verdict_true(degradation_sweep, tmp_path):
+    result = compare([degradation_sweep], by=["model.depth", "model.residual"], out=tmp_path / "out",
+                     print_tables=False)
+    verdict = json.loads((tmp_path / "out" / "degradation.json").read_text())
+    assert verdict["plain_degrades"] is True and verdict["residual_deeper_not_worse"] is True
+    assert verdict["reproduced"] is True
+    assert verdict["plain"]["shallow_final_train_err"] == pytest.approx(11.0)   # mean of the two seeds
+    assert verdict["plain"]["deep_final_train_err"] == pytest.approx(18.0)
+    assert result.degradation["verdict"].startswith("Degradation REPRODUCED")
+
+
+def test_degradation_verdict_false(tmp_path):
+    sweep = tmp_path / "sweep"
+    write_run(sweep / "0", depth=20, residual=False, seed=1, train=[30, 20], val=[30, 20])
+    write_run(sweep / "1", depth=56, residual=False, seed=1, train=[30, 15], val=[30, 20])   # deeper plain better
+    write_run(sweep / "2", depth=20, residual=True, seed=1, train=[30, 10], val=[30, 20])
+    write_run(sweep / "3", depth=56, residual=True, seed=1, train=[30, 12], val=[30, 20])    # deeper resnet worse
+    compare([sweep], out=tmp_path / "out", print_tables=False)
+    verdict = json.loads((tmp_path / "out" / "degradation.json").read_text())
+    assert verdict["plain_degrades"] is False and verdict["residual_deeper_not_worse"] is False
+    assert verdict["reproduced"] is False and "NOT reproduced" in verdict["verdict"]
+
+
+def test_no_verdict_without_both_families(tmp_path):
+    sweep = tmp_path / "sweep"
+    write_run(sweep / "0", depth=20, residual=False, seed=1, train=[30, 20], val=[30, 20])
+    write_run(sweep / "1", depth=56, residual=False, seed=1, train=[30, 25], val=[30, 20])
+    result = compare([sweep], out=tmp_path / "out", print_tables=False)
+    assert result.degradation is None and not (tmp_path / "out" / "degradation.json").exists()
+
+
+def test_missing_and_unequal_epochs_are_plotted_with_a_note(tmp_path):
+    sweep = tmp_path / "sweep"
+    write_run(sweep / "0_full", depth=20, residual=False, seed=1, train=[30, 20, 10, 8], val=[30, 20, 15, 14])
+    write_run(sweep / "1_short", depth=56, residual=False, seed=1, train=[30, 25], val=[31, 26], test=None,
+              status="interrupted")
+    write_run(sweep / "2_nometrics", depth=56, residual=True, seed=1, train=[], val=[], metrics=False,
+              status="failed")
+    result = compare([sweep], by=["model.depth", "model.residual"], out=tmp_path / "out", print_tables=False)
+    notes = "\n".join(result.notes)
+    assert "Unequal epochs" in notes and "1_short (2)" in notes and "longest run has 4" in notes
+    assert "2_nometrics: no metrics.csv" in notes and "1_short: status interrupted" in notes
+    assert (tmp_path / "out" / "notes.txt").read_text().count("\n") == len(result.notes)
+    assert result.figure_png is not None and result.figure_png.is_file()
+    short = by_key(result.run_rows, run="1_short")
+    assert short["epochs"] == 2 and short["final_train_err"] == 25 and short["test_err"] is None
+    assert by_key(result.run_rows, run="2_nometrics")["final_train_err"] is None
+
+
+def _assert_self_contained(html: str) -> None:
+    for bad in ("http://", "https://", 'src="//', "src='//", "<link", "<script", "url("):
+        assert bad not in html, bad
+    for src in re.findall(r'src="([^"]*)"', html):
+        assert src.startswith("data:image/png;base64,")
+
+
+def test_html_report_is_one_self_contained_file(degradation_sweep, tmp_path):
+    # a URL inside a config value must not become a reference either
+    config = degradation_sweep / "0_plain20" / "config.yaml"
+    config.write_text(config.read_text() + "docs: https://example.org/x\n")
+    out = tmp_path / "out"
+    assert compare_cli.main([str(degradation_sweep), "--by", "model.depth,model.residual", "--html",
+                             "--out", str(out)]) == 0
+    html_files = list(out.glob("*.html"))
+    assert html_files == [out / "report.html"]
+    html = html_files[0].read_text()
+    _assert_self_contained(html)
+    assert html.count("data:image/png;base64,") == 1
+    assert "<table>" in html and "10.00 (11.00 ± 1.41)" in html and "Degradation REPRODUCED" in html
+    assert "python -m experiments.train model.depth=56 model.residual=false seed=1" in html   # command lines
+    assert "residual: false" in html   # the composed configs
+    assert "multirun.yaml" in html
+
+
+def test_report_for_one_run_and_for_a_sweep(degradation_sweep, capsys):
+    run = degradation_sweep / "2_plain56"
+    assert report_cli.main([str(run)]) == 0
+    html = (run / "report.html").read_text()
+    _assert_self_contained(html)
+    assert "data:image/png;base64," in html and "<table>" in html and "2_plain56" in html
+    assert report_cli.main([str(degradation_sweep)]) == 0
+    html = (degradation_sweep / "report.html").read_text()
+    _assert_self_contained(html)
+    assert html.count("<details>") == 5
+
+
+def test_no_runs_is_a_clear_error(tmp_path, capsys):
+    assert compare_cli.main([str(tmp_path)]) == 2
+    assert "no run folders" in capsys.readouterr().err
