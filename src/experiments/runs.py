@@ -76,6 +76,21 @@ def check_writable(folder: Path) -> None:
                         "Free some disk space or point paths.output_root at a writable folder.") from None
 
 
+def check_output_root_of(argv: list[str], default: str = "outputs") -> None:
+    """Before Hydra makes the run folder: an unwritable or full output root is one paragraph, exit 2.
+
+    (Hydra creates the run folder before any task code runs, and fails there with a traceback.)
+    """
+    from experiments.errors import EXIT_USER_ERROR, report
+
+    root = next((a.split("=", 1)[1] for a in argv if a.startswith("paths.output_root=")), default)
+    try:
+        check_writable(Path(root))
+    except UserError as error:
+        report(error)
+        raise SystemExit(EXIT_USER_ERROR) from None
+
+
 def is_run_folder(folder: Path) -> bool:
     return (folder / CONFIG_FILE).is_file() or (folder / ".hydra" / "config.yaml").is_file()
 

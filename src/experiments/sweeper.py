@@ -33,6 +33,7 @@ import functools
 import hashlib
 import logging
 import math
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -81,8 +82,7 @@ class ResumableOptunaSweeperImpl(OptunaSweeperImpl):
         _pin_for_jobs(config, "hydra.sweeper.study_name", self.study_name)
         sweep_dir = str(config.hydra.sweep.dir)  # resolved now, with the study name in place
         _pin_for_jobs(config, "hydra.sweep.dir", sweep_dir)
-        Path(sweep_dir).mkdir(parents=True, exist_ok=True)
-        OmegaConf.save(config, Path(sweep_dir) / "multirun.yaml")  # as the basic sweeper does: for readers
+        self._multirun_config = config
         if self.storage == STORAGE_IN_SWEEP_DIR:
             self.storage = f"sqlite:///{Path(sweep_dir) / DB_FILE}"
         metric = str(config.get("optimized_metric", ""))
@@ -106,6 +106,10 @@ class ResumableOptunaSweeperImpl(OptunaSweeperImpl):
         Here a NaN, a non-number or a job that raised becomes one FAIL trial (its reason, from the run
         folder's ``failure.json``, stored as the trial's ``failure`` attribute) and the sweep goes on.
         """
+        self._check_search_space(arguments)  # before anything is written: a bad range leaves no files
+        Path(self.sweep_dir).mkdir(parents=True, exist_ok=True)
+        # As the basic sweeper does: for tools that read the sweep folder.
+        OmegaConf.save(self._multirun_config, Path(self.sweep_dir) / "multirun.yaml")
         recorded = self._recorded_trials()
         # Job number = Optuna trial number; past any folder already there (an in-memory study run again).
         self.job_idx = max(recorded, _next_free_job_number(Path(self.sweep_dir)))
@@ -132,6 +136,20 @@ class ResumableOptunaSweeperImpl(OptunaSweeperImpl):
                           f"{self.max_failure_rate}): the sweep stops here.")
                 break
         self._write_results(study)
+
+    def _check_search_space(self, arguments: list[str]) -> None:
+        """Each range must make an Optuna distribution; say which one does not, in one paragraph."""
+        from experiments.errors import EXIT_USER_ERROR, UserError, report
+
+        for override in self._parse_sweeper_params_config() + list(arguments):
+            try:
+                create_params_from_overrides([override])
+            except ValueError as error:
+                key, _, value = override.partition("=")
+                report(UserError(f"hydra.sweeper.params.{key}", value, f"is not a valid search range ({error}).",
+                                 "A log-scale range tag(log, interval(a, b)) needs 0 < a < b, e.g. "
+                                 "interval(1e-5, 1e-1); a linear one needs a < b."))
+                sys.exit(EXIT_USER_ERROR)
 
     def _create_study(self, arguments: list[str]) -> tuple[optuna.Study, dict[str, Any], dict[str, Any]]:
         """The plugin's search-space parsing (params, then command-line sweeps) and study creation."""

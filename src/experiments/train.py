@@ -45,4 +45,8 @@ if __name__ == "__main__":
     if wants_app_help(sys.argv):
         print_help("train", "train", sys.argv)
         sys.exit(0)
+    if not any(a.startswith("--") for a in sys.argv[1:]):  # --cfg, --info ... write nothing
+        from experiments.runs import check_output_root_of
+
+        check_output_root_of(sys.argv[1:])
     main()

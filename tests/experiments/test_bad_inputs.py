@@ -161,3 +161,15 @@ def test_eval_refuses_a_checkpoint_that_would_run_code(workdir, tmp_path):
 def test_hydra_full_error_shows_the_traceback(workdir):
     result = run_cli("experiments.train", *TINY, "optimizer.lr=0", cwd=workdir, env={"HYDRA_FULL_ERROR": "1"})
     assert result.returncode != 0 and "Traceback" in result.stderr
+
+
+def test_unwritable_output_folder_is_reported_before_training(workdir):
+    result = run_cli("experiments.train", *TINY, "paths.output_root=/proc/cnn-experiments", cwd=workdir)
+    _assert_clean_failure(result, ["paths.output_root", "/proc/cnn-experiments", "cannot be written"])
+
+
+def test_sweep_with_a_non_positive_log_bound_is_refused_before_writing(tmp_path):
+    result = run_cli("experiments.train", "-m", *TINY, "hparams_search=random_log", "hydra.sweeper.n_trials=1",
+                     "hydra.sweeper.params.optimizer.lr='tag(log, interval(0, 1e-2))'", cwd=tmp_path)
+    _assert_clean_failure(result, ["hydra.sweeper.params.optimizer.lr", "log", "0 < a < b"])
+    assert [p for p in tmp_path.rglob("*") if p.is_file()] == [], "no sweep folder or study database"

@@ -59,4 +59,4 @@ def test_resume_without_a_resumable_run_is_a_clear_error(tmp_path):
     assert result.returncode == 2
     assert "Traceback" not in result.stderr
     assert "resume=True" in result.stderr and "found no unfinished run" in result.stderr
-    assert not list((tmp_path / "outputs").glob("train/*/*")) if (tmp_path / "outputs").exists() else True
+    assert not list(tmp_path.glob("outputs/train/*/*"))
