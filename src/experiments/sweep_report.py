@@ -316,7 +316,22 @@ def make_report(sweep_dir: Path, plots: bool = True, console=None) -> tuple[Swee
     else:
         out("no trial finished: see the reasons above")
     out(f"saved: {csv_path}, {md_path}" + (f", {len(written)} plot(s) in {sweep_dir / 'plots'}" if written else ""))
+    _to_dashboards(sweep_dir, info, trials, out)
     return info, trials
+
+
+def _to_dashboards(sweep_dir: Path, info: SweepInfo, trials: list[Trial], out) -> None:
+    """The same table to TensorBoard's HParams tab / a W&B table, when the trials logged there."""
+    from experiments import sweep_dashboards
+
+    used = sweep_dashboards.loggers_of(trials)
+    if "tensorboard" in used:
+        folder = sweep_dashboards.to_tensorboard(sweep_dir, info, trials)
+        out(f"TensorBoard HParams: tensorboard --logdir {folder}")
+    if "wandb" in used:
+        rows = [row(trial, info, precise=True) for trial in trials]
+        folder = sweep_dashboards.to_wandb(sweep_dir, info, trials, columns(info), rows)
+        out(f"W&B table: in {folder} (offline runs: wandb sync {folder}/offline-run-*)")
 
 
 def main(argv: list[str] | None = None) -> None:

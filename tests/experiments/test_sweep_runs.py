@@ -43,7 +43,7 @@ def failing_sweep(tmp_path_factory) -> tuple[Path, object]:
     result = run_cli("experiments.train", *SWEEP, "hydra/sweeper/sampler=grid",
                      "hydra.sweeper.params.optimizer.lr='choice(0.05, -1.0, 1e30)'",
                      "~hydra.sweeper.params.optimizer.weight_decay", "hydra.sweeper.n_trials=3",
-                     cwd=workdir, check=True, timeout=300)
+                     "logger=tensorboard", cwd=workdir, check=True, timeout=300)
     return _only_sweep(workdir), result
 
 
@@ -169,3 +169,18 @@ def test_ddp_trials_do_not_fork_the_sweep(tmp_path):
         summary = json.loads((sweep / name / "summary.json").read_text())
         # 256 training images, batch 32: 4 steps per process when 2 processes share an epoch.
         assert summary["status"] == "finished" and summary["steps"] == 4
+
+
+def test_report_sends_the_table_to_tensorboard_hparams(failing_sweep):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from tensorboard.plugins.hparams import plugin_data_pb2
+
+    sweep, _ = failing_sweep
+    run_cli("experiments.sweep_report", str(sweep), "--no-plots", cwd=sweep.parent, check=True, timeout=120)
+    sessions = {}
+    for folder in sorted((sweep / "tensorboard").iterdir()):
+        events = EventAccumulator(str(folder)).Reload()
+        content = events.PluginTagToContent("hparams")["_hparams_/session_start_info"]
+        info = plugin_data_pb2.HParamsPluginData.FromString(content).session_start_info
+        sessions[info.hparams["optimizer.lr"].number_value] = info.hparams["status"].string_value
+    assert sessions == {0.05: "finished", -1.0: "failed", 1e30: "failed"}
