@@ -84,9 +84,8 @@ def test_quick_benchmark_writes_json(quick_run):
     assert results["startup"]["help_seconds"] > 0
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message of a machine without a GPU")
 def test_gpu_suite_without_gpu_says_so_in_one_line():
-    if torch.cuda.is_available():
-        pytest.skip("this machine has a GPU")
     result = run_cli("experiments.benchmark", "suite=gpu", cwd=REPO, timeout=60)
     assert result.returncode == 2
     assert result.stderr.strip().count("\n") == 0 and "suite=gpu needs a CUDA GPU" in result.stderr

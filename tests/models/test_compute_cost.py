@@ -35,7 +35,7 @@ def test_vgg_multiply_adds(config: str, giga: float) -> None:
 
 def test_googlenet_about_1_5_giga() -> None:
     macs = profile_model(on_meta(GoogLeNet), (3, 224, 224))["macs"]
-    assert 1.45e9 < macs < 1.65e9
+    assert macs == pytest.approx(1.55e9, rel=0.07)  # "about 1.5 G"; ours is 1.58 G
 
 
 def test_mobilenet_v1_569_mega() -> None:
