@@ -51,6 +51,18 @@ def tree_hashes(folder: Path) -> dict[str, str]:
             for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
+def run_folders(outputs: Path) -> list[Path]:
+    """The single-run folders under an outputs/ folder, oldest first."""
+    return sorted(p.parent for p in outputs.glob("train/*/*/config.yaml"))
+
+
+def last_weights(run: Path) -> dict:
+    """The model weights in a run's checkpoints/last.ckpt."""
+    import torch
+
+    return torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
+
+
 # Tiny and fast: LeNet-5 on learnable synthetic 1x32x32 images.
 TINY = [
     "data=synthetic", "data.in_channels=1", "data.mean=[0.5]", "data.std=[0.25]", "data.num_train=384",

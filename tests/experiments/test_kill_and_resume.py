@@ -13,26 +13,20 @@ from pathlib import Path
 
 import pytest
 import torch
-from tests.conftest import TESTS, TINY, run_cli
+from tests.conftest import TESTS, TINY, last_weights, run_cli, run_folders
 
 # ~60 steps per epoch, so a signal sent shortly after the first last.ckpt lands mid-epoch.
 COMMAND = [*TINY, "data.num_train=2048", "data.batch_size=32", "trainer.max_epochs=3", "model.dropout=0.3",
            "data.augment.crop_padding=2", "data.augment.hflip=true", "scheduler=cosine"]
 
 
-def _runs(outputs: Path) -> list[Path]:
-    return sorted(p.parent for p in outputs.glob("train/*/*/config.yaml"))
-
-
-def _weights(run: Path) -> dict[str, torch.Tensor]:
-    return torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
 
 
 @pytest.fixture(scope="module")
 def uninterrupted(tmp_path_factory) -> Path:
     workdir = tmp_path_factory.mktemp("whole")
     run_cli("experiments.train", *COMMAND, cwd=workdir, check=True)
-    return _runs(workdir / "outputs")[0]
+    return run_folders(workdir / "outputs")[0]
 
 
 def _start_and_kill(workdir: Path, sig: int) -> tuple[int, Path, int]:
@@ -46,7 +40,7 @@ def _start_and_kill(workdir: Path, sig: int) -> tuple[int, Path, int]:
     time.sleep(0.5)  # into the second epoch
     process.send_signal(sig)
     _, stderr = process.communicate(timeout=120)
-    (run,) = _runs(workdir / "outputs")
+    (run,) = run_folders(workdir / "outputs")
     step = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["global_step"]
     return process.returncode, run, step, stderr
 
@@ -57,7 +51,7 @@ def _assert_same_end(run: Path, reference: Path) -> None:
     assert summary["status"] == "finished" and summary["steps"] == expected["steps"]
     for key in ("val/err_best", "test/acc", "test/loss", "train/loss"):
         assert summary["metrics"][key] == pytest.approx(expected["metrics"][key], rel=1e-5, abs=1e-6), key
-    ours, theirs = _weights(run), _weights(reference)
+    ours, theirs = last_weights(run), last_weights(reference)
     assert all(torch.allclose(ours[k], theirs[k], atol=1e-6) for k in theirs)
 
 

@@ -8,37 +8,31 @@ from pathlib import Path
 
 import pytest
 import torch
-from tests.conftest import TINY, run_cli
+from tests.conftest import TINY, last_weights, run_cli, run_folders
 
 COMMAND = [*TINY, "trainer.max_epochs=4", "data.augment.hflip=true", "data.augment.crop_padding=2",
            "model.dropout=0.2", "scheduler=multistep",
            "+callbacks.die._target_=crash_callbacks.DieAtEpochStart", "+callbacks.die.epoch=2"]
 
 
-def _runs(outputs: Path) -> list[Path]:
-    return sorted(p.parent for p in outputs.glob("train/*/*/config.yaml"))
-
-
-def _final_weights(run: Path) -> dict[str, torch.Tensor]:
-    return torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
 
 
 @pytest.fixture(scope="module")
 def uninterrupted(tmp_path_factory) -> Path:
     workdir = tmp_path_factory.mktemp("whole")
     run_cli("experiments.train", *COMMAND, cwd=workdir, check=True)
-    return _runs(workdir / "outputs")[0]
+    return run_folders(workdir / "outputs")[0]
 
 
 def test_resume_true_continues_the_crashed_run_exactly(uninterrupted, tmp_path):
     crashed = run_cli("experiments.train", *COMMAND, cwd=tmp_path, env={"CNN_TEST_DIE": "1"})
     assert crashed.returncode == 17
-    (run,) = _runs(tmp_path / "outputs")
+    (run,) = run_folders(tmp_path / "outputs")
     assert json.loads((run / "summary.json").read_text())["status"] == "running"
     assert torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["epoch"] == 1
 
     resumed = run_cli("experiments.train", *COMMAND, "resume=true", cwd=tmp_path, check=True)
-    assert _runs(tmp_path / "outputs") == [run], "resume must continue in the original run folder"
+    assert run_folders(tmp_path / "outputs") == [run], "resume must continue in the original run folder"
     assert str(run) in resumed.stdout + resumed.stderr
 
     summary = json.loads((run / "summary.json").read_text())
@@ -46,7 +40,7 @@ def test_resume_true_continues_the_crashed_run_exactly(uninterrupted, tmp_path):
     assert summary["status"] == "finished" and summary["epochs"] == 4
     for key in ("test/acc", "test/loss", "val/err_best", "train/loss", "val/loss"):
         assert summary["metrics"][key] == pytest.approx(expected["metrics"][key], rel=1e-5, abs=1e-6), key
-    ours, theirs = _final_weights(run), _final_weights(uninterrupted)
+    ours, theirs = last_weights(run), last_weights(uninterrupted)
     assert all(torch.allclose(ours[k], theirs[k], atol=1e-6) for k in theirs)
 
     with (run / "metrics.csv").open() as handle:
