@@ -147,9 +147,13 @@ class ClassificationModule(pl.LightningModule):
             return optimizer
         return {"optimizer": optimizer, "lr_scheduler": scheduler}
 
-    # The best validation error so far is training state: keep it across resume.
+    # Training state beyond the weights: the best validation error so far, and the running sums of an
+    # epoch stopped midway (so its train/loss and train/err still cover every batch after a resume).
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["best_val_err"] = self.best_val_err
+        checkpoint["train_epoch_sums"] = None if self._train_sums is None else self._train_sums.cpu()
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         self.best_val_err = float(checkpoint.get("best_val_err", math.inf))
+        sums = checkpoint.get("train_epoch_sums")
+        self._train_sums = None if sums is None else sums.to(self.device)

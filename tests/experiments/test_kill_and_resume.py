@@ -75,3 +75,14 @@ def test_sigkill_mid_epoch_resumes_from_the_last_complete_epoch_exactly(uninterr
     assert step % steps_per_epoch == 0, "after SIGKILL the last complete epoch's checkpoint remains"
     run_cli("experiments.train", *COMMAND, "resume=true", cwd=tmp_path, check=True)
     _assert_same_end(run, uninterrupted)
+
+
+def test_sigterm_in_the_last_epoch_keeps_the_epochs_running_sums(uninterrupted, tmp_path):
+    # Step 150 of 192 lies inside the last epoch: its train/loss must still average every batch.
+    signal_late = ["+callbacks.sig._target_=crash_callbacks.SignalAtStep", "+callbacks.sig.step=150"]
+    stopped = run_cli("experiments.train", *COMMAND, *signal_late, cwd=tmp_path, env={"CNN_TEST_DIE": "1"})
+    assert stopped.returncode == 143, stopped.stderr[-2000:]
+    (run,) = run_folders(tmp_path / "outputs")
+    assert torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 150
+    run_cli("experiments.train", f"resume={run}", cwd=tmp_path, check=True)
+    _assert_same_end(run, uninterrupted)
