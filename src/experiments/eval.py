@@ -10,8 +10,6 @@ from __future__ import annotations
 import sys
 import time
 
-from omegaconf import OmegaConf
-
 from experiments.errors import UserError, exits_cleanly_on_user_error
 
 USAGE = "usage: python -m experiments.eval run=<run folder or checkpoint> [ckpt=best|last|<path>] [key=value ...]"
@@ -38,43 +36,15 @@ def parse_arguments(argv: list[str]) -> tuple[str, str, list[str]]:
     return run, ckpt, overrides
 
 
-def apply_overrides(cfg, overrides: list[str]):
-    """Set keys of the run's config; swapping a whole group (``model=vgg16``) is a different run."""
-    for item in overrides:
-        key, value = item.split("=", 1)
-        node = OmegaConf.select(cfg, key, default=None)
-        if OmegaConf.is_config(node):
-            raise UserError(key, value, "would replace a whole config group of the trained run.",
-                            f"Evaluate with the run's own {key}; set single keys such as {key}.<name>=<value>.")
-        try:
-            OmegaConf.update(cfg, key, OmegaConf.select(OmegaConf.from_dotlist([item]), key), merge=False)
-        except Exception as error:
-            raise UserError(key, value, f"could not be applied ({error}).", "Use key=value pairs.") from None
-    return cfg
-
-
 def evaluate(run: str, ckpt: str = "best", overrides: list[str] | None = None, quiet: bool = False) -> dict[str, float]:
-    from experiments import runs
-    from experiments.console import silence_harmless_warnings
-
-    silence_harmless_warnings()
-    run_dir, explicit = runs.run_folder_of(run)
-    cfg = runs.load_run_config(run_dir)
-    if overrides:
-        cfg = apply_overrides(cfg, overrides)
-    checkpoint_path = explicit or runs.choose_checkpoint(run_dir, ckpt)
-    if not checkpoint_path.is_file():
-        raise UserError("ckpt", str(checkpoint_path), "does not exist.", "Use ckpt=best, ckpt=last or a .ckpt path.")
-    checkpoint = runs.load_checkpoint(checkpoint_path)
-
     import pytorch_lightning as pl
 
-    from experiments.build import build_datamodule, build_module
+    from experiments import runs
+    from experiments.trained import load_trained
 
-    pl.seed_everything(int(cfg.get("seed", 0)), verbose=False)
-    datamodule = build_datamodule(cfg)
-    module = build_module(cfg)
-    runs.load_model_weights(module, checkpoint, checkpoint_path)
+    trained = load_trained(run, ckpt, overrides)
+    run_dir, cfg, checkpoint_path, module, datamodule = (trained.run_dir, trained.cfg, trained.checkpoint_path,
+                                                         trained.module, trained.datamodule)
     trainer = pl.Trainer(accelerator=cfg.trainer.get("accelerator", "auto"), devices=1, logger=False,
                          enable_progress_bar=False, enable_model_summary=False, enable_checkpointing=False,
                          precision=cfg.trainer.get("precision", "32-true"), default_root_dir=str(run_dir))
