@@ -132,7 +132,13 @@ def log_image(trainer: pl.Trainer, tag: str, image: np.ndarray | torch.Tensor, f
     pixels = to_uint8_hwc(image)
     path = plots_dir(trainer) / filename
     save_png(pixels, path)
-    for logger in trainer.loggers:
+    send_image(trainer.loggers, tag, pixels, step, caption)
+    return path
+
+
+def send_image(loggers: list[Any], tag: str, pixels: np.ndarray, step: int, caption: str | None = None) -> None:
+    """An HxWxC uint8 image to the loggers that show images (TensorBoard, W&B); others are skipped."""
+    for logger in loggers:
         writer = _tensorboard(logger)
         if writer is not None:
             writer.add_image(tag, pixels, global_step=step, dataformats="HWC")
@@ -141,7 +147,6 @@ def log_image(trainer: pl.Trainer, tag: str, image: np.ndarray | torch.Tensor, f
             import wandb
 
             run.log({tag: wandb.Image(pixels, caption=caption), "trainer/global_step": step})
-    return path
 
 
 @rank_zero_only

@@ -40,21 +40,21 @@ class TrainedRun:
         loader = getattr(self.datamodule, f"{split}_dataloader")()
         shown, seen, labels = [], [], []
         count = 0
+        pipeline = getattr(self.datamodule, "pipeline", None)
         for raw, target in loader:
-            raw = raw.float().div(255) if raw.dtype == torch.uint8 else raw.float()
-            shown.append(self.display(raw))
-            seen.append(self.datamodule.transform_batch(raw, train=False))
+            if pipeline is not None:  # in-memory data: raw images, resized and normalised on the device
+                raw = raw.float().div(255) if raw.dtype == torch.uint8 else raw.float()
+                shown.append(pipeline.fit_size(raw))
+                seen.append(self.datamodule.transform_batch(raw, train=False))
+            else:  # streamed data (ImageFolder): the loader's tensors are already model inputs
+                seen.append(raw.float())
+                shown.append(self.unnormalize(raw.float()))
             labels.append(target)
             count += len(target)
             if limit is not None and count >= limit:
                 break
         images, display, targets = torch.cat(seen), torch.cat(shown), torch.cat(labels)
         return (images, display, targets) if limit is None else (images[:limit], display[:limit], targets[:limit])
-
-    def display(self, raw):
-        """Raw [0, 1] images brought to the model's input size, without normalisation (for plots)."""
-        pipeline = getattr(self.datamodule, "pipeline", None)
-        return pipeline.fit_size(raw) if pipeline is not None else raw
 
     def unnormalize(self, images):
         """Model inputs back to [0, 1] for display (the datamodule's mean/std undone)."""
