@@ -2,7 +2,9 @@
 
 A subclass only says how to read its files (:meth:`InMemoryDataModule.load_split`). The base does the
 rest the same way for all: seeded hold-out validation split, batches cut straight from the tensors (no
-per-image Python), and the batched augment/normalise pipeline on the batch's device.
+per-image Python), and the batched augment/normalise pipeline on the batch's device. ``classes`` keeps
+some labels only, relabelled 0..k-1 in the listed order, the same way in every split (transfer learning
+from one half of a dataset's classes to the other).
 """
 
 from __future__ import annotations
@@ -100,6 +102,24 @@ def _positive_int(key: str, value: Any, example: str) -> int:
     return value
 
 
+def _label_subset(classes: Any, num_classes: int) -> list[int] | None:
+    """``data.classes`` checked: distinct labels >= 0, as many as ``data.num_classes``."""
+    if classes is None:
+        return None
+    if isinstance(classes, (str, bytes)) or not isinstance(classes, Sequence) or not classes or any(
+            isinstance(c, bool) or not isinstance(c, int) or c < 0 for c in classes):
+        raise DataConfigError("classes", classes, "must be a non-empty list of the dataset's labels (integers >= 0).",
+                              "Use e.g. data.classes=[5,6,7,8,9] data.num_classes=5, or null for all classes.")
+    classes = list(classes)
+    if len(set(classes)) != len(classes):
+        raise DataConfigError("classes", classes, "lists a label twice.", "List each label once.")
+    if len(classes) != num_classes:
+        raise DataConfigError("num_classes", num_classes, f"but data.classes keeps {len(classes)} classes "
+                              f"({classes}), relabelled 0..{len(classes) - 1}.",
+                              f"Set data.num_classes={len(classes)}.")
+    return classes
+
+
 def check_mean_std(mean: Sequence[float], std: Sequence[float], in_channels: int) -> None:
     """One mean and one positive std per channel; a count that disagrees names ``in_channels``."""
     mean, std = list(mean), list(std)
@@ -142,10 +162,15 @@ class InMemoryDataModule(pl.LightningDataModule):
         subset: int | None = None,
         test_subset: int | None = None,
         device_resident: bool = False,
+        classes: Sequence[int] | None = None,
     ) -> None:
         super().__init__()
         self.in_channels = _positive_int("in_channels", in_channels, "3")
         self.num_classes = _positive_int("num_classes", num_classes, "10")
+        self.label_subset = _label_subset(classes, self.num_classes)
+        if self.label_subset is not None:
+            names = type(self).classes
+            self.classes = [names[c] if names and c < len(names) else str(c) for c in self.label_subset]
         self.native_size = _positive_int("native_size", native_size, "32")
         self.image_size = _positive_int("image_size", native_size if image_size is None else image_size, "32")
         self.batch_size = _positive_int("batch_size", batch_size, "128")
@@ -238,6 +263,33 @@ class InMemoryDataModule(pl.LightningDataModule):
         keep = torch.randperm(len(labels), generator=torch.Generator().manual_seed(seed))[:count]
         return images[keep], labels[keep]
 
+    @property
+    def source_num_classes(self) -> int:
+        """Classes in the dataset's own labels (before ``classes`` keeps some of them)."""
+        if self.label_subset is None:
+            return self.num_classes
+        return max(self.num_classes, max(self.label_subset) + 1)
+
+    def _keep_classes(self, images: torch.Tensor, labels: torch.Tensor, split: str):
+        """Only the images of ``data.classes``, relabelled 0..k-1 in the listed order."""
+        if self.label_subset is None:
+            return images, labels
+        labels = labels.long()
+        top = int(labels.max())
+        missing = [c for c in self.label_subset if c > top]
+        if missing and split == "train":
+            raise DataConfigError("classes", list(self.label_subset), f"lists {missing[0]}, but the {self.name} "
+                                  f"{split} labels range over {int(labels.min())}..{top}.",
+                                  f"List labels of the dataset, each in 0..{top}.")
+        lookup = torch.full((max(top, max(self.label_subset)) + 1,), -1, dtype=torch.long)
+        lookup[torch.tensor(self.label_subset)] = torch.arange(len(self.label_subset))
+        new = lookup[labels.clamp(min=0)]
+        keep = (new >= 0) & (labels >= 0)
+        if split == "train" and not bool(keep.any()):
+            raise DataConfigError("classes", list(self.label_subset), f"keeps no image of the {self.name} {split} "
+                                  "split.", "List labels that occur in the dataset.")
+        return images[keep], new[keep]
+
     def _checked(self, images: torch.Tensor, labels: torch.Tensor, split: str):
         if images.ndim == 3:
             images = images.unsqueeze(1)
@@ -248,6 +300,7 @@ class InMemoryDataModule(pl.LightningDataModule):
         if images.shape[1] != self.in_channels:
             raise DataConfigError("in_channels", self.in_channels, f"but the {self.name} images have "
                                   f"{images.shape[1]} channels.", f"Set data.in_channels={images.shape[1]}.")
+        images, labels = self._keep_classes(images, labels, split)
         if int(labels.max()) >= self.num_classes or int(labels.min()) < 0:
             raise DataConfigError("num_classes", self.num_classes, f"but the {self.name} labels range over "
                                   f"{int(labels.min())}..{int(labels.max())}.",

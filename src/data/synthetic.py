@@ -29,10 +29,10 @@ class SyntheticDataModule(InMemoryDataModule):
     def load_split(self, train: bool) -> tuple[torch.Tensor, torch.Tensor]:
         generator = torch.Generator().manual_seed(self.seed)
         shape = (self.in_channels, self.native_size, self.native_size)
-        templates = torch.rand(self.num_classes, *shape, generator=generator)
+        templates = torch.rand(self.source_num_classes, *shape, generator=generator)
         generator.manual_seed(self.seed + (1 if train else 2))
         count = self.num_train if train else self.num_test
-        labels = torch.randint(0, self.num_classes, (count,), generator=generator)
+        labels = torch.randint(0, self.source_num_classes, (count,), generator=generator)
         noise = torch.rand(count, *shape, generator=generator)
         images = self.signal * templates[labels] + (1 - self.signal) * noise
         return (images * 255).round().clamp(0, 255).to(torch.uint8), labels

@@ -82,10 +82,13 @@ def profile_of(cfg: DictConfig) -> dict:
     """Params and multiply-adds of the configured model, counted on the meta device (no memory, no time)."""
     import torch
 
+    from experiments import finetune
     from models.profile import compare_with_paper, profile_model
 
     with torch.device("meta"):
         model = build_model(cfg.model)
+        if finetune.is_active(cfg):  # a from_layer cut changes the network
+            model = finetune.apply_transfer(model, cfg, input_shape_of(cfg), int(cfg.data.num_classes)).model
     profile = profile_model(model, input_shape_of(cfg))
     profile["paper"] = compare_with_paper(profile, cfg.model.get("paper"))
     return profile
@@ -108,10 +111,21 @@ def input_shape_of(cfg: DictConfig) -> tuple[int, int, int]:
 
 
 def build_module(cfg: DictConfig):
-    """The model inside a :class:`ClassificationModule`, ready for a Trainer."""
+    """The model inside a :class:`ClassificationModule`, ready for a Trainer.
+
+    With ``finetune.from`` set, the model is the transfer model of ``finetune.strategy`` (cut, frozen,
+    per-group learning rates: :func:`experiments.finetune.apply_transfer`), built from the config alone;
+    the source weights are loaded by the training pipeline only (``module.transfer`` says how), so a
+    fine-tuned run's own checkpoint loads into exactly this architecture.
+    """
+    from experiments import finetune
     from experiments.module import ClassificationModule
 
     model = build_model(cfg.model, input_shape_of(cfg))
+    transfer = None
+    if finetune.is_active(cfg):
+        transfer = finetune.apply_transfer(model, cfg, input_shape_of(cfg), int(cfg.data.num_classes))
+        model = transfer.model
     if cfg.model.get("channels_last"):
         import torch
 
@@ -128,4 +142,6 @@ def build_module(cfg: DictConfig):
         label_smoothing=module_cfg.get("label_smoothing", 0.0),
         aux_loss_weights=module_cfg.get("aux_loss_weights", (0.3, 0.3)),
         channels_last=bool(cfg.model.get("channels_last", False)),
+        lr_scales=transfer.lr_scales if transfer is not None else None,
+        transfer=transfer,
     )

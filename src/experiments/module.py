@@ -8,7 +8,8 @@ tensors and reduced by Lightning at epoch end, so logging never forces a device 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import pytorch_lightning as pl
 import torch
@@ -18,6 +19,8 @@ from torch import nn
 from torchmetrics.classification import MulticlassAccuracy
 
 from experiments.optim import build_optimizer, build_scheduler
+
+_NORM_WITH_STATS = (nn.modules.batchnorm._NormBase,)  # BatchNorm, InstanceNorm, SyncBatchNorm
 
 
 class ClassificationModule(pl.LightningModule):
@@ -30,9 +33,15 @@ class ClassificationModule(pl.LightningModule):
         label_smoothing: float = 0.0,
         aux_loss_weights: Sequence[float] = (0.3, 0.3),
         channels_last: bool = False,
+        lr_scales: Mapping[str, float] | None = None,
+        transfer: Any = None,
     ) -> None:
         super().__init__()
         self.model = model
+        # Fine-tuning (experiments.finetune): the lr multiplier of each trainable parameter of `model`,
+        # and the plan that says how the source weights go in.
+        self.lr_scales = dict(lr_scales) if lr_scales is not None else None
+        self.transfer = transfer
         self.num_classes = num_classes
         self.optimizer_cfg, self.scheduler_cfg = optimizer, scheduler
         self.label_smoothing = float(label_smoothing)
@@ -55,6 +64,19 @@ class ClassificationModule(pl.LightningModule):
         if self.channels_last and images.ndim == 4:
             return images.contiguous(memory_format=torch.channels_last)
         return images
+
+    def train(self, mode: bool = True):
+        """Train mode, except for frozen normalisation layers: a BatchNorm whose parameters are all frozen
+        (fine-tuning) stays in eval mode, so its running statistics never change. Lightning calls this at
+        every epoch start and after validation; its mode capture/restore keeps the same state."""
+        super().train(mode)
+        if mode:
+            for module in self.model.modules():
+                if isinstance(module, _NORM_WITH_STATS):
+                    params = list(module.parameters(recurse=False))
+                    if params and not any(p.requires_grad for p in params):
+                        module.eval()  # (experiments.finetune also hooks them: eval in every forward)
+        return self
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.model(x)
@@ -137,7 +159,7 @@ class ClassificationModule(pl.LightningModule):
         return self(batch[0]).softmax(dim=1)
 
     def configure_optimizers(self):
-        optimizer = build_optimizer(self.optimizer_cfg, self.model)
+        optimizer = build_optimizer(self.optimizer_cfg, self.model, self.lr_scales)
         if self.scheduler_cfg is None:
             return optimizer
         total = int(self.trainer.estimated_stepping_batches)

@@ -9,6 +9,7 @@ linearly from there, then hands over.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from typing import Any
 
 import torch
@@ -25,29 +26,58 @@ DURATION_ARGS = ("step_size", "milestones", "T_max", "total_iters", "T_0")
 _NORM_TYPES = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm, nn.LocalResponseNorm)
 
 
-def parameter_groups(model: nn.Module, weight_decay: float, exclude_norm_and_bias: bool) -> list[dict]:
-    """One group, or two when norm weights and biases must be spared from weight decay."""
-    params = [p for p in model.parameters() if p.requires_grad]
-    if not exclude_norm_and_bias:
-        return [{"params": params}]
+def parameter_groups(model: nn.Module, weight_decay: float, exclude_norm_and_bias: bool,
+                     lr_scales: Mapping[str, float] | None = None) -> list[dict]:
+    """One group, or two when norm weights and biases must be spared from weight decay.
+
+    ``lr_scales`` (parameter name -> multiplier, fine-tuning's backbone vs head) splits the groups further
+    by multiplier; each such group carries ``lr_scale``, the scale-1 groups come first, and parameters not
+    named there are left out (they are frozen).
+    """
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    if lr_scales is not None:
+        named = [(n, p) for n, p in named if n in lr_scales]
+    params = [p for _, p in named]
     no_decay: set[int] = set()
-    for module in model.modules():
-        for name, param in module.named_parameters(recurse=False):
-            if name == "bias" or isinstance(module, _NORM_TYPES):
-                no_decay.add(id(param))
-    return [
-        {"params": [p for p in params if id(p) not in no_decay], "weight_decay": weight_decay},
-        {"params": [p for p in params if id(p) in no_decay], "weight_decay": 0.0},
-    ]
+    if exclude_norm_and_bias:
+        for module in model.modules():
+            for name, param in module.named_parameters(recurse=False):
+                if name == "bias" or isinstance(module, _NORM_TYPES):
+                    no_decay.add(id(param))
+
+    def split(members: list[nn.Parameter]) -> list[dict]:
+        if not exclude_norm_and_bias:
+            return [{"params": members}]
+        return [
+            {"params": [p for p in members if id(p) not in no_decay], "weight_decay": weight_decay},
+            {"params": [p for p in members if id(p) in no_decay], "weight_decay": 0.0},
+        ]
+
+    if lr_scales is None:
+        return split(params)
+    scales = sorted({float(lr_scales[n]) for n, _ in named}, key=lambda s: (s != 1.0, -s))
+    groups = []
+    for scale in scales:
+        for group in split([p for n, p in named if float(lr_scales[n]) == scale]):
+            if group["params"]:
+                groups.append({**group, "lr_scale": scale})
+    return groups
 
 
-def build_optimizer(cfg: DictConfig, model: nn.Module) -> torch.optim.Optimizer:
+def build_optimizer(cfg: DictConfig, model: nn.Module,
+                    lr_scales: Mapping[str, float] | None = None) -> torch.optim.Optimizer:
+    """The configured optimizer over ``model``'s trainable parameters; with ``lr_scales`` each group's lr
+    is ``optimizer.lr`` times its ``lr_scale`` (schedulers then scale each group's own lr)."""
     from experiments.build import instantiate_or_explain
 
     settings = OmegaConf.to_container(cfg, resolve=True)
     exclude = bool(settings.pop("exclude_norm_and_bias", False))
     factory = instantiate_or_explain(OmegaConf.create(settings), "optimizer")
-    groups = parameter_groups(model, settings.get("weight_decay", 0.0), exclude)
+    groups = parameter_groups(model, settings.get("weight_decay", 0.0), exclude, lr_scales)
+    base_lr = settings.get("lr")
+    for group in groups:
+        if group.get("lr_scale", 1.0) != 1.0 and isinstance(base_lr, (int, float)):
+            group["lr"] = base_lr * group["lr_scale"]
     try:
         return factory(groups)
     except (TypeError, ValueError) as error:

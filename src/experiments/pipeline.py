@@ -50,7 +50,12 @@ def train(cfg: DictConfig) -> float:
         resume_dir = _resume_target(cfg, fresh_dir)
         if resume_dir is not None and _is_launcher_process() and resume_dir.resolve() != fresh_dir.resolve():
             _adopt_resumed_config(cfg, resume_dir)
-        prepared = _prepare(cfg, resume_dir)
+        # Fine-tuning: the source run's architecture goes into cfg.model (and so into config.yaml) now;
+        # a resumed run already has it in its own config, and its weights in last.ckpt.
+        from experiments import finetune
+
+        source = finetune.adopt_source_model(cfg) if resume_dir is None else None
+        prepared = _prepare(cfg, resume_dir, source)
     except Exception:
         if _is_launcher_process():
             _remove_unused_run_folder(fresh_dir)
@@ -81,15 +86,20 @@ def _remove_unused_run_folder(folder: Path) -> None:
         shutil.rmtree(folder, ignore_errors=True)
 
 
-def _prepare(cfg: DictConfig, resume_dir: Path | None) -> dict[str, Any]:
+def _prepare(cfg: DictConfig, resume_dir: Path | None, source=None) -> dict[str, Any]:
+    """Data, module (fine-tuning: with the weights of ``source``), checks; nothing is written yet."""
     import pytorch_lightning as pl
 
+    from experiments import finetune
     from experiments.build import build_datamodule, build_module, profile_of
 
     pl.seed_everything(int(cfg.seed), workers=True, verbose=False)
     datamodule = build_datamodule(cfg)
     datamodule.setup(None)  # read every split now: a missing or corrupt file fails before the run starts
     module = build_module(cfg)
+    transferred = None
+    if module.transfer is not None and resume_dir is None:
+        transferred = finetune.load_source_weights(module.transfer, cfg, source)
     _check_optimization(cfg, module, datamodule)
     profile = profile_of(cfg)
     run_dir = Path(cfg.paths.run_dir)
@@ -106,7 +116,7 @@ def _prepare(cfg: DictConfig, resume_dir: Path | None) -> dict[str, Any]:
     if _is_launcher_process():
         runs.check_writable(run_dir)
     return {"datamodule": datamodule, "module": module, "ckpt_path": ckpt_path,
-            "keep_through_epoch": keep_through_epoch, "profile": profile}
+            "keep_through_epoch": keep_through_epoch, "profile": profile, "transferred": transferred}
 
 
 def _check_optimization(cfg: DictConfig, module, datamodule) -> None:
@@ -117,7 +127,7 @@ def _check_optimization(cfg: DictConfig, module, datamodule) -> None:
     epochs = int(cfg.trainer.get("max_epochs") or 1)
     max_steps = int(cfg.trainer.get("max_steps") or -1)
     total = max_steps if max_steps > 0 else max(1, epochs) * batches
-    optimizer = build_optimizer(cfg.optimizer, module.model)  # thrown away: Lightning builds its own
+    optimizer = build_optimizer(cfg.optimizer, module.model, module.lr_scales)  # thrown away: Lightning builds its own
     if cfg.get("scheduler") is not None and cfg.scheduler.get("_target_"):
         build_scheduler(cfg.scheduler, optimizer, total, batches)
 
@@ -151,7 +161,7 @@ def _build_trainer(cfg: DictConfig, keep_through_epoch: int | None):
 
 
 def _fit_and_test(cfg: DictConfig, started: float, datamodule, module, ckpt_path, keep_through_epoch,
-                  profile: dict) -> float:
+                  profile: dict, transferred: dict | None = None) -> float:
     from pytorch_lightning.utilities import rank_zero_info
 
     from experiments.build import count_parameters, input_shape_of
@@ -161,7 +171,8 @@ def _fit_and_test(cfg: DictConfig, started: float, datamodule, module, ckpt_path
     if trainer.is_global_zero and _is_launcher_process():
         (run_dir / runs.CONFIG_FILE).write_text(OmegaConf.to_yaml(cfg, resolve=True))
         _write_summary(cfg, run_dir, status="running", started=started, metrics={},
-                       params=count_parameters(module.model), input_shape=input_shape_of(cfg), profile=profile)
+                       params=count_parameters(module.model), input_shape=input_shape_of(cfg), profile=profile,
+                       transferred=transferred)
     try:
         trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=False)
     except BaseException as error:
@@ -237,10 +248,11 @@ def _scalars(metrics: dict) -> dict[str, float]:
 
 def _write_summary(cfg: DictConfig, run_dir: Path, status: str, started: float, metrics: dict[str, float],
                    params: int, input_shape: tuple[int, int, int], epochs: int | None = None,
-                   steps: int | None = None, profile: dict | None = None) -> None:
+                   steps: int | None = None, profile: dict | None = None, transferred: dict | None = None) -> None:
     from hydra.core.hydra_config import HydraConfig
 
     previous = runs.read_json(run_dir / runs.SUMMARY_FILE) if (run_dir / runs.SUMMARY_FILE).is_file() else {}
+    transferred = transferred or previous.get("finetune")
     overrides = list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
     wall = time.time() - started + (previous.get("wall_time_s", 0.0) if previous.get("status") != "running" else 0.0)
     summary = {
@@ -248,7 +260,8 @@ def _write_summary(cfg: DictConfig, run_dir: Path, status: str, started: float, 
         "status": status,
         "run_dir": str(run_dir),
         "model": OmegaConf.select(cfg, "model._target_"),
-        "model_name": _choice("model"),
+        # A fine-tuned run has its source run's architecture, whatever the `model` option said.
+        "model_name": (transferred or {}).get("source_model") or _choice("model"),
         "data": _choice("data"),
         "params": params,
         "macs": (profile or {}).get("macs", previous.get("macs")),
@@ -266,6 +279,8 @@ def _write_summary(cfg: DictConfig, run_dir: Path, status: str, started: float, 
         "versions": runs.package_versions(),
         "command": " ".join(["python -m experiments.train", *overrides]),
     }
+    if transferred:
+        summary["finetune"] = transferred
     runs.write_json_atomic(run_dir / runs.SUMMARY_FILE, summary)
 
 

@@ -67,6 +67,9 @@ def validate(cfg: DictConfig) -> None:
     if any(isinstance(w, bool) or not isinstance(w, Real) or w < 0 for w in weights):
         raise UserError("module.aux_loss_weights", list(weights), "must be non-negative numbers.",
                         "Use e.g. [0.3, 0.3] (GoogLeNet) or [] to ignore auxiliary classifiers.")
+    from experiments.finetune import check_config
+
+    check_config(cfg)
     resume = cfg.get("resume")
     if not isinstance(resume, (bool, str)) or resume == "":
         raise UserError("resume", resume, "must be true/false or a run folder.",

@@ -8,7 +8,8 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf, open_dict
 from tests.conftest import CONF
 
-GROUPS = ["model", "data", "optimizer", "scheduler", "trainer", "logger", "callbacks", "debug", "experiment"]
+GROUPS = ["model", "data", "optimizer", "scheduler", "trainer", "logger", "callbacks", "debug", "finetune",
+          "experiment"]
 OPTIONS = [(group, path.stem) for group in GROUPS for path in sorted((CONF / group).glob("*.yaml"))]
 
 
@@ -23,11 +24,15 @@ def test_option_composes_and_resolves(compose, group, option, tmp_path):
     overrides = [f"{group}={option}", f"paths.run_dir={tmp_path}"]
     if group == "data" and option == "imagefolder":
         overrides.append(f"data.root={tmp_path}")
+    if (group == "finetune" and option != "none") or "override /finetune:" in (CONF / group / f"{option}.yaml").read_text():
+        overrides.append(f"finetune.from={tmp_path}")  # a transfer names its source: `from: ???` by design
     cfg = compose(overrides)
     with open_dict(cfg):
         del cfg["hydra"]  # Hydra's own section needs a running job (hydra.job.num) to resolve
     container = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
     assert container[group if group not in ("debug", "experiment") else "trainer"] is not None
+    if group == "finetune":
+        assert set(container["finetune"]) == set(OmegaConf.load(CONF / "finetune" / "none.yaml"))
     assert container["data"]["in_channels"] >= 1
     if group == "model":
         assert cfg.model.in_channels == cfg.data.in_channels
