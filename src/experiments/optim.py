@@ -119,6 +119,7 @@ def build_scheduler(cfg: DictConfig, optimizer: torch.optim.Optimizer, total_ste
         settings["T_max"] = total_steps
     main = instantiate_or_explain(OmegaConf.create(settings), "scheduler")(optimizer)
     warmup_steps = int(ours.get("warmup_steps", 0) or 0)
+    _check_warmup_fits(warmup_steps, settings, total_steps)
     if warmup_steps > 0:
         factor = float(ours.get("warmup_factor", 0.1))
         if not 0 < factor <= 1:
@@ -133,6 +134,21 @@ def build_scheduler(cfg: DictConfig, optimizer: torch.optim.Optimizer, total_ste
         # Both are chainable: each multiplies the lr the other set, so they compose step by step.
         main = torch.optim.lr_scheduler.ChainedScheduler([warmup, main], optimizer=optimizer)
     return {"scheduler": main, "interval": "step", "frequency": 1}
+
+
+def _check_warmup_fits(warmup_steps: int, settings: dict, total_steps: int) -> None:
+    """A warm-up that outlasts training or a decay milestone silently gives a schedule no paper uses
+    (the two multiply: lr/10 x lr/10, then back up x10 when the warm-up ends)."""
+    if warmup_steps <= 0:
+        return
+    if warmup_steps >= total_steps:
+        raise UserError("scheduler.warmup_steps", warmup_steps, f"is not shorter than the whole run ({total_steps} "
+                        "optimizer steps).", "Shorten the warm-up or train longer (trainer.max_epochs).")
+    first_decay = min(settings.get("milestones") or [settings.get("step_size") or total_steps])
+    if first_decay <= warmup_steps:
+        raise UserError("scheduler.warmup_steps", warmup_steps, f"ends after the first lr decay at optimizer step "
+                        f"{first_decay} (of {total_steps}), so the two would overlap.",
+                        "Shorten the warm-up or train longer (trainer.max_epochs, or more data per epoch).")
 
 
 def steps_per_epoch_of(total_steps: int, max_epochs: int | None) -> int:

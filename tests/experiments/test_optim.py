@@ -106,3 +106,17 @@ def test_unknown_optimizer_argument_is_a_user_error():
     cfg = OmegaConf.create({"_target_": "torch.optim.SGD", "_partial_": True, "lr": 0.1, "betas": [0.9, 0.99]})
     with pytest.raises(UserError, match="optimizer"):
         build_optimizer(cfg, nn.Linear(2, 2))
+
+
+def test_a_warmup_that_overlaps_the_first_decay_is_refused():
+    """600 steps, decay at 50% = step 300, warm-up 400: the schedule would be lr/100 then x10 (a real bug)."""
+    param = torch.nn.Parameter(torch.zeros(1))
+    optimizer = torch.optim.SGD([param], lr=0.1)
+    cfg = OmegaConf.create({"_target_": "torch.optim.lr_scheduler.MultiStepLR", "_partial_": True,
+                            "milestones": [0.5, 0.75], "unit": "fraction", "warmup_steps": 400,
+                            "warmup_factor": 0.1, "warmup_mode": "constant"})
+    with pytest.raises(UserError, match=r"scheduler.warmup_steps=400.*first lr decay at optimizer step 300"):
+        build_scheduler(cfg, optimizer, 600, 40)
+    with pytest.raises(UserError, match="whole run"):
+        build_scheduler(OmegaConf.merge(cfg, {"milestones": [0.99]}), optimizer, 300, 40)
+    build_scheduler(cfg, optimizer, 1185, 79)  # 400 < 592: fine
