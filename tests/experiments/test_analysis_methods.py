@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import json
 
 import numpy as np
 import pytest
@@ -189,3 +190,20 @@ def test_default_layers_of_a_gap_network():
     x = _images(1)
     assert feature_layer(model, x) == "relu"
     assert head_layer(model, x)[0] == "fc"
+
+
+def test_landscapes_of_two_runs_are_overlaid(tmp_path, capsys):
+    from experiments.analysis.compare_landscapes import main
+
+    for name, sharpness in (("plain", 2.0), ("resnet", 0.5)):
+        folder = tmp_path / name / "analysis"
+        folder.mkdir(parents=True)
+        figures = {"alphas": [-1, 0, 1], "loss_1d": [1 + sharpness, 1.0, 1 + sharpness], "split": "train",
+                   "loss_at_minimum": 1.0, "sharpness_half_span": sharpness}
+        (folder / "loss_landscape.json").write_text(json.dumps({"figures": figures}))
+    table = main([str(tmp_path / "plain"), str(tmp_path / "resnet"), "--out", str(tmp_path / "out")])
+    assert [r["sharpness_half_span"] for r in table["runs"]] == [2.0, 0.5]
+    assert (tmp_path / "out" / "landscapes.png").stat().st_size > 1000
+    with pytest.raises(SystemExit) as stop:
+        main([str(tmp_path / "nothing-here")])
+    assert stop.value.code == 2 and "loss_landscape" in capsys.readouterr().err
