@@ -6,6 +6,7 @@ validation hold-out ate the training subset, or that its warm-up outlasts its fi
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import pytest
@@ -44,3 +45,27 @@ def test_experiment_has_training_images_and_a_schedule_that_fits(compose, tmp_pa
         if key in scheduler:
             scheduler[key] = _to_steps(scheduler[key], scheduler.get("unit", "epoch"), per_epoch, total, key)
     _check_warmup_fits(int(scheduler.get("warmup_steps") or 0), scheduler, total)
+
+
+def _grid(cfg) -> list[list[str]]:
+    """The overrides of every job of a study's sweep (comma lists of ``hydra.sweeper.params``)."""
+    params = cfg.hydra.sweeper.get("params") if "hydra" in cfg else None
+    if not params:
+        return [[]]
+    keys = list(params)
+    values = [str(params[k]).split(",") for k in keys]
+    return [[f"{k}={v}" for k, v in zip(keys, combo)] for combo in itertools.product(*values)]
+
+
+@pytest.mark.parametrize("name", [n for n in EXPERIMENTS if not n.startswith("transfer_") or n == "transfer_pretrain"])
+def test_every_job_of_a_study_builds_at_its_input_size(compose, tmp_path, name):
+    """Models are built on the meta device (no memory) and run a meta forward pass at the study's size."""
+    import torch
+
+    from experiments.build import build_model, input_shape_of
+
+    base = [f"experiment={name}", f"paths.run_dir={tmp_path}"]
+    for job in _grid(compose(base)):
+        cfg = compose(base + job)
+        with torch.device("meta"):
+            build_model(cfg.model, input_shape_of(cfg))
