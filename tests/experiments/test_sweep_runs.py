@@ -120,8 +120,10 @@ def test_interrupted_sweep_resumes_without_rerunning_finished_trials(tmp_path):
 
 
 def test_coarse_to_fine_narrows_inside_the_coarse_ranges(tmp_path):
+    # --widen 0: the fine range is exactly the top-2 span, so it is narrower than the coarse one whatever
+    # the draws (with widening, two draws near both ends of a range can legitimately give it all back).
     run_cli("experiments.coarse_to_fine", *TINY, "--coarse-trials", "3", "--coarse-epochs", "1",
-            "--fine-trials", "1", "--fine-epochs", "2", "--top-k", "2", "--name", "c2f",
+            "--fine-trials", "1", "--fine-epochs", "2", "--top-k", "2", "--widen", "0", "--name", "c2f",
             cwd=tmp_path, check=True, timeout=400)
     parent = tmp_path / "outputs" / "sweeps" / "coarse_to_fine" / "c2f"
     record = json.loads((parent / "coarse_to_fine.json").read_text())
