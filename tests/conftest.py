@@ -45,6 +45,17 @@ def run_cli(module: str, *args: str, cwd: Path, env: dict | None = None, timeout
     return result
 
 
+def assert_refused(result: subprocess.CompletedProcess, words: list[str] = (), code: int | None = 2) -> None:
+    """The command stopped with a one-paragraph error naming ``words`` (line breaks ignored), no traceback;
+    ``code=None`` accepts any failing exit status."""
+    failed = result.returncode != 0 if code is None else result.returncode == code
+    assert failed, (result.returncode, result.stdout[-2000:], result.stderr[-2000:])
+    assert "Traceback" not in result.stderr, result.stderr[-3000:]
+    message = " ".join(result.stderr.split())
+    for word in words:
+        assert word in message, (word, message[-2000:])
+
+
 def tree_hashes(folder: Path) -> dict[str, str]:
     """Every file under ``folder`` with its sha256: to prove a command changed nothing there."""
     return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()

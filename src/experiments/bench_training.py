@@ -1,7 +1,7 @@
 """Training throughput: our full training path against a plain PyTorch loop, the data path, options.
 
 "Ours" is the pipeline itself: the datamodule, the ClassificationModule and the Trainer (default
-loggers and callbacks) come from :mod:`experiments.build` and :func:`experiments.pipeline._build_trainer`,
+loggers and callbacks) come from :mod:`experiments.build` and :func:`experiments.build.build_trainer`,
 and a :class:`~experiments.bench_callbacks.StepTimer` enters through ``+callbacks`` like any callback.
 "Plain" is the loop a user would write by hand around the same model, data, batch size, optimizer,
 schedule and batched augmentation. Both time the same window: from the moment batch ``warmup`` is
@@ -127,8 +127,7 @@ def ours_once(case: Case, overrides: Sequence[str], datamodule, probe_window: in
     import pytorch_lightning as pl
 
     from experiments.bench_callbacks import StepTimer, SyncProbe
-    from experiments.build import build_module
-    from experiments.pipeline import _build_trainer
+    from experiments.build import build_module, build_trainer
 
     run_dir = tempfile.mkdtemp(prefix="bench-run-")
     total = case.warmup + (probe_window or case.steps)
@@ -149,7 +148,7 @@ def ours_once(case: Case, overrides: Sequence[str], datamodule, probe_window: in
             # A StringIO stdout is no terminal: no progress bar, as in a log file or CI (quiet=false keeps
             # the per-epoch line; the Rich bar of an interactive terminal is a display, not the default).
             with contextlib.redirect_stdout(io.StringIO()):  # also keeps the model summary out of the table
-                trainer = _build_trainer(cfg, keep_through_epoch=None)
+                trainer = build_trainer(cfg)
                 trainer.fit(module, datamodule=datamodule)
         if probe_window:
             probe = next(c for c in trainer.callbacks if isinstance(c, SyncProbe))

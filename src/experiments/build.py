@@ -1,4 +1,4 @@
-"""Turn the composed config into objects: model, datamodule. The only place that calls ``instantiate``.
+"""Turn the composed config into objects: model, datamodule, trainer. The only place that calls ``instantiate``.
 
 Hydra's ``_target_`` is the registry; this module adds what Hydra cannot know: metadata keys that are
 not constructor arguments, and a probe forward pass that turns a too-small input into a readable error
@@ -145,3 +145,38 @@ def build_module(cfg: DictConfig):
         lr_scales=transfer.lr_scales if transfer is not None else None,
         transfer=transfer,
     )
+
+
+def build_trainer(cfg: DictConfig, keep_through_epoch: int | None = None):
+    """The Trainer with the configured callbacks and loggers, plus the ones every run needs: the per-epoch
+    seed (resumable augmentation) and the save-on-interrupt checkpoint. ``keep_through_epoch`` makes the
+    CSV logger keep a resumed run's rows up to that epoch."""
+    import sys
+    from pathlib import Path
+
+    from hydra.utils import instantiate
+    from pytorch_lightning.callbacks import RichProgressBar
+
+    from callbacks.epoch_seed import EpochSeed
+    from experiments import runs
+    from experiments.interrupts import SaveOnInterrupt
+
+    callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None]
+    callbacks.append(EpochSeed(int(cfg.seed)))
+    callbacks.append(SaveOnInterrupt(Path(cfg.paths.run_dir) / runs.CHECKPOINT_DIR / runs.LAST_CHECKPOINT))
+    quiet = bool(cfg.get("quiet"))
+    if quiet:
+        callbacks = [c for c in callbacks if type(c).__name__ != "EpochLine"]
+    interactive = sys.stdout.isatty() and not quiet
+    if interactive:
+        callbacks.append(RichProgressBar(leave=False))
+    loggers = []
+    for name, logger_cfg in (cfg.get("logger") or {}).items():
+        if logger_cfg is None:
+            continue
+        extra = {"keep_through_epoch": keep_through_epoch} if name == "csv" else {}
+        loggers.append(instantiate(logger_cfg, **extra))
+    trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False,
+                          enable_progress_bar=interactive, enable_model_summary=not quiet,
+                          default_root_dir=cfg.paths.run_dir)
+    return trainer

@@ -132,42 +132,14 @@ def _check_optimization(cfg: DictConfig, module, datamodule) -> None:
         build_scheduler(cfg.scheduler, optimizer, total, batches)
 
 
-def _build_trainer(cfg: DictConfig, keep_through_epoch: int | None):
-    from hydra.utils import instantiate
-    from pytorch_lightning.callbacks import RichProgressBar
-
-    from callbacks.epoch_seed import EpochSeed
-    from experiments.interrupts import SaveOnInterrupt
-
-    callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None]
-    callbacks.append(EpochSeed(int(cfg.seed)))
-    callbacks.append(SaveOnInterrupt(Path(cfg.paths.run_dir) / runs.CHECKPOINT_DIR / runs.LAST_CHECKPOINT))
-    quiet = bool(cfg.get("quiet"))
-    if quiet:
-        callbacks = [c for c in callbacks if type(c).__name__ != "EpochLine"]
-    interactive = sys.stdout.isatty() and not quiet
-    if interactive:
-        callbacks.append(RichProgressBar(leave=False))
-    loggers = []
-    for name, logger_cfg in (cfg.get("logger") or {}).items():
-        if logger_cfg is None:
-            continue
-        extra = {"keep_through_epoch": keep_through_epoch} if name == "csv" else {}
-        loggers.append(instantiate(logger_cfg, **extra))
-    trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False,
-                          enable_progress_bar=interactive, enable_model_summary=not quiet,
-                          default_root_dir=cfg.paths.run_dir)
-    return trainer
-
-
 def _fit_and_test(cfg: DictConfig, started: float, datamodule, module, ckpt_path, keep_through_epoch,
                   profile: dict, transferred: dict | None = None) -> float:
     from pytorch_lightning.utilities import rank_zero_info
 
-    from experiments.build import count_parameters, input_shape_of
+    from experiments.build import build_trainer, count_parameters, input_shape_of
 
     run_dir = Path(cfg.paths.run_dir)
-    trainer = _build_trainer(cfg, keep_through_epoch)
+    trainer = build_trainer(cfg, keep_through_epoch)
     if trainer.is_global_zero and _is_launcher_process():
         (run_dir / runs.CONFIG_FILE).write_text(OmegaConf.to_yaml(cfg, resolve=True))
         _write_summary(cfg, run_dir, status="running", started=started, metrics={},
@@ -276,7 +248,7 @@ def _write_summary(cfg: DictConfig, run_dir: Path, status: str, started: float, 
         "steps": steps,
         "wall_time_s": round(wall, 2),
         "git_commit": runs.git_commit(),
-        "versions": runs.package_versions(),
+        "versions": dict(runs.package_versions()),
         "command": " ".join(["python -m experiments.train", *overrides]),
     }
     if transferred:

@@ -7,6 +7,7 @@ including the command-line overrides), ``metrics.csv``, ``checkpoints/{last,best
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import platform
@@ -43,6 +44,7 @@ def read_json(path: Path) -> dict[str, Any]:
     return json.loads(Path(path).read_text())
 
 
+@functools.cache  # read once per process: the code that was loaded at start is the code that ran
 def git_commit(cwd: Path | None = None) -> str | None:
     try:
         out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd or Path(__file__).parent, text=True,
@@ -54,7 +56,8 @@ def git_commit(cwd: Path | None = None) -> str | None:
         return None
 
 
-def package_versions(names: Iterable[str] = PACKAGES) -> dict[str, str]:
+@functools.cache
+def package_versions(names: tuple[str, ...] = PACKAGES) -> dict[str, str]:
     versions = {"python": platform.python_version()}
     for name in names:
         try:

@@ -33,10 +33,16 @@ class TrainedRun:
         names = getattr(self.datamodule, "classes", None)
         return list(names) if names else [str(i) for i in range(int(self.cfg.data.num_classes))]
 
+    def prepare_split(self, split: str) -> None:
+        """Load a split on first use: a run is loaded with its test split only, so that evaluating it
+        does not read (and hold out a validation set from) the whole training set as well."""
+        self.datamodule.setup("test" if split == "test" else "fit")
+
     def test_images(self, limit: int | None = None, split: str = "test"):
         """(images as the model sees them, the same in [0, 1] for display, labels), at most ``limit``."""
         import torch
 
+        self.prepare_split(split)
         loader = getattr(self.datamodule, f"{split}_dataloader")()
         shown, seen, labels = [], [], []
         count = 0
@@ -82,9 +88,9 @@ def apply_overrides(cfg: DictConfig, overrides: list[str]) -> DictConfig:
     return cfg
 
 
-def load_trained(run: str | Path, ckpt: str = "best", overrides: list[str] | None = None,
-                 setup_data: bool = True) -> TrainedRun:
-    """The run's module with its checkpoint loaded (eval mode) and its datamodule set up."""
+def load_trained(run: str | Path, ckpt: str = "best", overrides: list[str] | None = None) -> TrainedRun:
+    """The run's module with its checkpoint loaded (eval mode) and its test split set up; the training
+    and validation splits load on demand (``TrainedRun.prepare_split``)."""
     import pytorch_lightning as pl
 
     from experiments.build import build_datamodule, build_module
@@ -101,8 +107,7 @@ def load_trained(run: str | Path, ckpt: str = "best", overrides: list[str] | Non
     checkpoint = runs.load_checkpoint(checkpoint_path)
     pl.seed_everything(int(cfg.get("seed", 0)), verbose=False)
     datamodule = build_datamodule(cfg)
-    if setup_data:
-        datamodule.setup(None)
+    datamodule.setup("test")
     module = build_module(cfg)
     runs.load_model_weights(module, checkpoint, checkpoint_path)
     module.eval()

@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
-from tests.conftest import TINY, run_cli, tree_hashes
+from tests.conftest import TINY, assert_refused, run_cli, tree_hashes
 
 ALL_BUT_CAM = ["saliency", "occlusion", "gradcam", "gradcampp", "max_activating", "tsne", "class_model", "fgsm",
                "pgd", "feature_inversion", "loss_landscape"]
@@ -100,14 +100,13 @@ def test_bad_analysis_inputs_are_one_paragraph_and_write_nothing(lenet_run, args
 def test_a_bad_analysis_through_the_real_command_line(lenet_run):
     before = tree_hashes(lenet_run)
     result = run_cli("experiments.analyze", f"run={lenet_run}", "analysis=[cam]", cwd=lenet_run)
-    assert result.returncode == 2 and "Traceback" not in result.stderr
-    assert "global average pooling" in result.stderr
+    assert_refused(result, ["global average pooling"])
     assert tree_hashes(lenet_run) == before
 
 
 def test_analyze_without_a_run_says_how(tmp_path):
     result = run_cli("experiments.analyze", "analysis=[saliency]", cwd=tmp_path)
-    assert result.returncode == 2 and "run" in result.stderr and "Traceback" not in result.stderr
+    assert_refused(result, ["run"])
     listing = run_cli("experiments.analyze", "--list", cwd=tmp_path, check=True)
     assert {"saliency", "occlusion", "cam", "gradcam", "gradcampp", "tsne", "fgsm", "loss_landscape"} <= set(
         listing.stdout.split())

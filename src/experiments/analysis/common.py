@@ -9,7 +9,7 @@ so tests can call them on hand-built models.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -67,6 +67,25 @@ class Logits(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return logits_of(self.model, x)
+
+
+def collect_in_batches(model: nn.Module, layer: nn.Module, images: torch.Tensor,
+                       read: Callable[[torch.Tensor], Any], on_input: bool = False,
+                       batch_size: int = 256) -> list[Any]:
+    """Run ``images`` through the frozen model in batches and keep ``read(tensor)`` for each batch, where
+    the tensor is what ``layer`` outputs (or, with ``on_input``, what it receives)."""
+    kept: list[Any] = []
+    if on_input:
+        handle = layer.register_forward_pre_hook(lambda module, inputs: kept.append(read(inputs[0].detach())))
+    else:
+        handle = layer.register_forward_hook(lambda module, inputs, output: kept.append(read(output.detach())))
+    try:
+        with analysis_mode(model), torch.no_grad():
+            for start in range(0, len(images), batch_size):
+                Logits(model)(images[start:start + batch_size])
+    finally:
+        handle.remove()
+    return kept
 
 
 def find_layer(model: nn.Module, name: str, key: str) -> nn.Module:
@@ -199,6 +218,7 @@ class AnalysisContext:
         if split not in ("train", "val", "test"):
             raise UserError(f"analysis.{self.name}.split", split, "is not a split.", "Use train, val or test.")
         loader_name = f"{split}_dataloader"
+        self.trained.prepare_split(split)
         if getattr(self.trained.datamodule, f"{split}_set", True) is None:
             raise UserError(f"analysis.{self.name}.split", split, "is empty for this run's data.",
                             "Use split=test.")

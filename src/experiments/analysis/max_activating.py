@@ -16,7 +16,14 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from experiments.analysis.common import AnalysisContext, Logits, analysis_mode, feature_layer, find_layer
+from experiments.analysis.common import (
+    AnalysisContext,
+    Logits,
+    analysis_mode,
+    collect_in_batches,
+    feature_layer,
+    find_layer,
+)
 from experiments.analysis.figures import image_rows
 from experiments.errors import UserError
 
@@ -26,22 +33,8 @@ _NORMS = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm, nn.LocalRe
 def channel_maxima(model: nn.Module, layer: nn.Module, images: torch.Tensor, batch_size: int = 256
                    ) -> tuple[torch.Tensor, torch.Tensor]:
     """(N, C) strongest response of each channel per image and (N, C) flat position of it."""
-    values, positions = [], []
-
-    def keep(module: nn.Module, inputs: tuple, output: torch.Tensor) -> None:
-        flat = output.detach().flatten(2)
-        best = flat.max(dim=2)
-        values.append(best.values)
-        positions.append(best.indices)
-
-    handle = layer.register_forward_hook(keep)
-    try:
-        with analysis_mode(model), torch.no_grad():
-            for start in range(0, len(images), batch_size):
-                Logits(model)(images[start:start + batch_size])
-    finally:
-        handle.remove()
-    return torch.cat(values), torch.cat(positions)
+    best = collect_in_batches(model, layer, images, lambda output: output.flatten(2).max(dim=2), batch_size=batch_size)
+    return torch.cat([b.values for b in best]), torch.cat([b.indices for b in best])
 
 
 def _linearised(model: nn.Module) -> nn.Module:

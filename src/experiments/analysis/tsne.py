@@ -12,27 +12,18 @@ import numpy as np
 import torch
 from torch import nn
 
-from experiments.analysis.common import AnalysisContext, Logits, analysis_mode, head_layer
+from experiments.analysis.common import AnalysisContext, collect_in_batches, head_layer
 from experiments.errors import UserError
 
 
 def penultimate_codes(model: nn.Module, images: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
     """(N, D) inputs of the classifier layer."""
     _, head = head_layer(model, images)
-    codes: list[torch.Tensor] = []
 
-    def keep(module: nn.Module, inputs: tuple) -> None:
-        x = inputs[0]
-        codes.append((x.mean(dim=(2, 3)) if x.ndim == 4 else x.flatten(1)).detach())
+    def code(x: torch.Tensor) -> torch.Tensor:
+        return x.mean(dim=(2, 3)) if x.ndim == 4 else x.flatten(1)
 
-    handle = head.register_forward_pre_hook(keep)
-    try:
-        with analysis_mode(model), torch.no_grad():
-            for start in range(0, len(images), batch_size):
-                Logits(model)(images[start:start + batch_size])
-    finally:
-        handle.remove()
-    return torch.cat(codes)
+    return torch.cat(collect_in_batches(model, head, images, code, on_input=True, batch_size=batch_size))
 
 
 def embed(codes: torch.Tensor, perplexity: float, seed: int) -> np.ndarray:
