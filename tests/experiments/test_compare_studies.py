@@ -58,9 +58,9 @@ def test_degradation_recipe(compose):
         (0.1, 0.9, 1e-4, 128)
     assert list(cfg.scheduler.milestones) == [0.5, 0.75] and cfg.scheduler.unit == "fraction"
     assert (cfg.scheduler.warmup_steps, cfg.scheduler.warmup_factor, cfg.scheduler.warmup_mode) == \
-        (200, 0.1, "constant")
-    assert (cfg.data.augment.crop_padding, cfg.data.augment.hflip, cfg.data.image_size) == (4, True, 28)
-    assert (cfg.data.subset, cfg.data.val_size, cfg.trainer.max_epochs) == (11000, 1000, 10)
+        (400, 0.1, "linear")
+    assert (cfg.data.augment.crop_padding, cfg.data.augment.hflip, cfg.data.image_size) == (2, True, 16)
+    assert (cfg.data.subset, cfg.data.val_size, cfg.trainer.max_epochs) == (11000, 1000, 40)
     assert cfg.model.init == "kaiming"
     paper = compose(["experiment=degradation_paper"])
     assert paper.trainer.max_steps == 64000 and list(paper.scheduler.milestones) == [32000, 48000]
