@@ -235,6 +235,8 @@ class InMemoryDataModule(pl.LightningDataModule):
         return self.test_dataloader()
 
     def on_after_batch_transfer(self, batch, dataloader_idx: int):
+        if isinstance(batch, torch.Tensor):  # the module's example_input_array (model summary): a model input
+            return batch
         images, labels = batch
         training = self.trainer is not None and self.trainer.training
         resume = getattr(self, "_resume_state", None)

@@ -123,6 +123,7 @@ class ImageFolderDataModule(pl.LightningDataModule):
         self.eval_batch_size = batch_size if eval_batch_size is None else eval_batch_size
         self.num_workers, self.val_size, self.split_seed = num_workers, val_size, split_seed
         self.subset, self.test_subset = subset, test_subset
+        self.train_set = self.val_set = self.test_set = None
         self.mean, self.std = list(mean)[:in_channels], list(std)[:in_channels]
         self.scale = (int(scale[0]), int(scale[1]))
         self.hflip = bool(augment.get("hflip", True))
@@ -167,6 +168,10 @@ class ImageFolderDataModule(pl.LightningDataModule):
         return dataset
 
     def setup(self, stage: str | None = None) -> None:
+        # Every split is only a view on the scanned file lists, so all are built at once, and only once:
+        # Lightning and the analysis tools call setup() again for each stage.
+        if self.test_set is not None:
+            return
         n = len(self.train_samples)
         n_val = round(self.val_size * n) if isinstance(self.val_size, float) else int(self.val_size)
         order = torch.randperm(n, generator=torch.Generator().manual_seed(self.split_seed)).tolist()

@@ -144,6 +144,8 @@ def build_module(cfg: DictConfig):
         channels_last=bool(cfg.model.get("channels_last", False)),
         lr_scales=transfer.lr_scales if transfer is not None else None,
         transfer=transfer,
+        # (not for a compiled model: the summary's forward would compile it for a shape training never uses)
+        example_input_shape=None if cfg.get("compile") else input_shape_of(cfg),
     )
 
 
@@ -176,7 +178,6 @@ def build_trainer(cfg: DictConfig, keep_through_epoch: int | None = None):
             continue
         extra = {"keep_through_epoch": keep_through_epoch} if name == "csv" else {}
         loggers.append(instantiate(logger_cfg, **extra))
-    trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False,
-                          enable_progress_bar=interactive, enable_model_summary=not quiet,
-                          default_root_dir=cfg.paths.run_dir)
-    return trainer
+    return instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False,
+                       enable_progress_bar=interactive, enable_model_summary=not quiet,
+                       default_root_dir=cfg.paths.run_dir)

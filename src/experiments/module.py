@@ -35,9 +35,14 @@ class ClassificationModule(pl.LightningModule):
         channels_last: bool = False,
         lr_scales: Mapping[str, float] | None = None,
         transfer: Any = None,
+        example_input_shape: Sequence[int] | None = None,
     ) -> None:
         super().__init__()
         self.model = model
+        if example_input_shape is not None:
+            # One image of the configured shape: Lightning's model summary runs it (in eval mode, without
+            # gradients) to print each layer's input/output sizes and FLOPs instead of "Total FLOPs: 0".
+            self.example_input_array = torch.zeros(1, *example_input_shape)
         # Fine-tuning (experiments.finetune): the lr multiplier of each trainable parameter of `model`,
         # and the plan that says how the source weights go in.
         self.lr_scales = dict(lr_scales) if lr_scales is not None else None

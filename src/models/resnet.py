@@ -19,6 +19,8 @@ One class, :class:`ResNet`, covers
 - ``stochastic_depth`` — Huang et al. 2016: block l of L is dropped with probability
   ``stochastic_depth * l / L`` during training (linear decay of the survival probability down to
   ``1 - stochastic_depth``); at test time every block is kept, so the network is the plain deterministic one.
+- ``zero_init_residual`` — Goyal et al. 2017: the last BN of every residual branch starts at gamma = 0, so
+  a deep ResNet starts as a shallow one and trains faster in a short budget; plain twins ignore it.
 """
 
 from __future__ import annotations
@@ -336,8 +338,10 @@ class ResNet(nn.Module):
         self.num_features = channels
 
         init_weights(self, init)
-        if zero_init_residual and not self.preactivation:
-            # Goyal et al. 2017: every residual branch starts at zero, so each block starts as the identity.
+        if zero_init_residual and residual and not self.preactivation:
+            # Goyal et al. 2017: every residual branch starts at zero, so each block starts as its shortcut.
+            # A plain twin has no shortcut (zeroing its blocks would cut the signal), so it keeps He init:
+            # one study config can then set the option for a sweep over plain and residual nets alike.
             for module in self.modules():
                 if isinstance(module, ResidualBlock):
                     nn.init.zeros_(getattr(module, module.last_bn).weight)

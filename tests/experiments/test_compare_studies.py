@@ -6,8 +6,11 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 from omegaconf import OmegaConf
 from tests.conftest import run_cli
+
+from experiments.build import build_model, input_shape_of
 
 STUDIES = {  # study: (grid size, grouping keys)
     "degradation": (4, ["model.depth", "model.residual"]),
@@ -61,13 +64,17 @@ def test_degradation_recipe(compose):
         (400, 0.1, "linear")
     assert (cfg.data.augment.crop_padding, cfg.data.augment.hflip, cfg.data.image_size) == (2, True, 16)
     assert (cfg.data.subset, cfg.data.val_size, cfg.trainer.max_epochs) == (11000, 1000, 40)
-    assert cfg.model.init == "kaiming"
+    assert cfg.model.init == "kaiming" and cfg.model.zero_init_residual is True
     paper = compose(["experiment=degradation_paper"])
     assert paper.trainer.max_steps == 64000 and list(paper.scheduler.milestones) == [32000, 48000]
     assert paper.scheduler.unit == "step" and paper.data.val_size == 5000
     for model in ("plain20", "resnet20", "plain56", "resnet56"):
         job = compose(["experiment=degradation", f"model={model}"])
         assert (job.model.depth, job.model.residual) == (int(model[-2:]), model.startswith("resnet"))
+        net = build_model(job.model, input_shape_of(job))
+        gammas = torch.cat([block.bn2.weight for stage in net.stages for block in stage])
+        # residual branches start at zero; the plain twins have no shortcut and keep gamma = 1
+        assert float(gammas.abs().max()) == (0.0 if job.model.residual else 1.0)
 
 
 def test_optimizer_variants_resolve(compose):

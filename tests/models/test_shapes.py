@@ -82,6 +82,14 @@ def test_zero_init_residual_starts_blocks_as_identity() -> None:
     assert all(int(torch.count_nonzero(block.bn2.weight)) == 0 for stage in model.stages for block in stage)
 
 
+def test_zero_init_residual_leaves_plain_twins_alone() -> None:
+    """A plain net has no shortcut for a zeroed block to fall back on: the option keeps its He init."""
+    torch.manual_seed(0)
+    plain = ResNet(1, 10, 16, form="cifar", depth=20, residual=False, shortcut="A", zero_init_residual=True)
+    assert all(float(block.bn2.weight.min()) == 1.0 for stage in plain.stages for block in stage)
+    assert float(plain(torch.randn(4, 1, 16, 16)).std()) > 0
+
+
 def test_preactivation_and_wide_forms_forward() -> None:
     model = ResNet(3, 10, 32, form="wide", depth=10, widen_factor=2, block_dropout=0.3)
     assert model.train()(torch.randn(2, 3, 32, 32)).shape == (2, 10)
