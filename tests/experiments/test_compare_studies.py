@@ -72,7 +72,7 @@ def test_degradation_recipe(compose):
         job = compose(["experiment=degradation", f"model={model}"])
         assert (job.model.depth, job.model.residual) == (int(model[-2:]), model.startswith("resnet"))
         net = build_model(job.model, input_shape_of(job))
-        gammas = torch.cat([block.bn2.weight for stage in net.stages for block in stage])
+        gammas = torch.cat([block.bn2.weight.detach() for stage in net.stages for block in stage])
         # residual branches start at zero; the plain twins have no shortcut and keep gamma = 1
         assert float(gammas.abs().max()) == (0.0 if job.model.residual else 1.0)
 
