@@ -87,7 +87,7 @@ def test_zero_init_residual_leaves_plain_twins_alone() -> None:
     torch.manual_seed(0)
     plain = ResNet(1, 10, 16, form="cifar", depth=20, residual=False, shortcut="A", zero_init_residual=True)
     assert all(float(block.bn2.weight.detach().min()) == 1.0 for stage in plain.stages for block in stage)
-    assert float(plain(torch.randn(4, 1, 16, 16)).std()) > 0
+    assert float(plain(torch.randn(4, 1, 16, 16)).detach().std()) > 0
 
 
 def test_preactivation_and_wide_forms_forward() -> None:
