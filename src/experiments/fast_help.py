@@ -20,14 +20,25 @@ def wants_app_help(argv: list[str]) -> bool:
     return any(a in ("--help", "-h") for a in argv[1:]) and "--hydra-help" not in argv
 
 
+def is_base(path: Path) -> bool:
+    """A config named ``_<name>.yaml`` is a base that options inherit (``defaults: [_<name>, _self_]``),
+    e.g. ``conf/model/_resnet_cifar.yaml``: it composes, but it is not an option."""
+    return path.stem.startswith("_")
+
+
 def config_groups(conf: Path = CONF) -> dict[str, list[str]]:
-    """Each app config group (a folder of conf/, nested ones as a/b) with its options, sorted."""
+    """Each app config group (a folder of conf/, nested ones as a/b) with its options, sorted; bases left out."""
     groups: dict[str, list[str]] = {}
     for path in sorted(conf.rglob("*.yaml")):
         group = path.parent.relative_to(conf).as_posix()
-        if group != "." and not group.startswith("hydra"):
+        if group != "." and not group.startswith("hydra") and not is_base(path):
             groups.setdefault(group, []).append(path.stem)
     return groups
+
+
+def group_options(group: str, conf: Path = CONF) -> list[str]:
+    """The options of one config group (``model``: the model names), bases left out."""
+    return sorted(p.stem for p in (conf / group).glob("*.yaml") if not is_base(p))
 
 
 def print_help(app: str, config_name: str, argv: list[str], stream=sys.stdout) -> None:

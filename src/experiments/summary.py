@@ -14,7 +14,7 @@ from typing import Any
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from experiments.errors import exits_cleanly_on_user_error
+from experiments.core.errors import exits_cleanly_on_user_error
 
 
 def input_shape_of(cfg: DictConfig) -> tuple[int, int, int]:
@@ -26,7 +26,7 @@ def summarise(cfg: DictConfig) -> dict[str, Any]:
     """Build ``cfg.model`` for ``cfg.data`` and return its profile plus the paper comparison."""
     import torch
 
-    from experiments.build import build_model
+    from experiments.training.build import build_model
     from models.profile import compare_with_paper, profile_model
 
     shape = input_shape_of(cfg)
@@ -93,21 +93,41 @@ def render(profile: dict[str, Any], show_rows: bool = True, console=None) -> Non
                       "data.in_channels=3 to compare like with like.")
 
 
+def require_a_model(cfg: DictConfig, choice: str | None) -> None:
+    """Refuse a base (``model=_resnet_cifar``: a config that model configs inherit, with ``???`` left for
+    each model to set) and any model config that leaves a key at ``???``, naming the keys."""
+    from experiments.fast_help import group_options
+    from models.errors import ModelConfigError
+
+    missing = [str(key) for key in cfg.model if OmegaConf.is_missing(cfg.model, key)]
+    if choice and choice.startswith("_"):
+        unset = f" ({', '.join(missing)} unset)" if missing else ""
+        raise ModelConfigError(missing[0] if missing else "_target_", "???",
+                               f"`model={choice}` is a base that model configs inherit{unset}, not a model.",
+                               f"Choose a model: {', '.join(group_options('model'))}.")
+    if missing:
+        raise ModelConfigError(missing[0], "???", f"is not set by `model={choice}` ({', '.join(missing)} are ???).",
+                               f"Set it on the command line (model.{missing[0]}=...) or in the model config.")
+
+
 @hydra.main(version_base="1.3", config_path="../../conf", config_name="summary")
 @exits_cleanly_on_user_error
 def main(cfg: DictConfig) -> None:
+    from hydra.core.hydra_config import HydraConfig
+
+    require_a_model(cfg, HydraConfig.get().runtime.choices.get("model"))
     render(summarise(cfg), show_rows=bool(cfg.get("rows", True)))
     if cfg.get("memory"):
         render_memory(cfg)
 
 
 def render_memory(cfg: DictConfig) -> None:
-    """The lectures' memory bill of one training step (see :mod:`experiments.bench_memory`)."""
+    """The lectures' memory bill of one training step (see :mod:`experiments.bench.memory`)."""
     import torch
 
-    from experiments.bench_memory import account
-    from experiments.bench_memory import render as render_bill
-    from experiments.build import build_model
+    from experiments.bench.memory import account
+    from experiments.bench.memory import render as render_bill
+    from experiments.training.build import build_model
 
     shape = input_shape_of(cfg)
     with torch.device("meta"):

@@ -6,7 +6,7 @@ pipeline (torch, Lightning) is imported when a job actually runs.
 A single run reports a configuration mistake as one paragraph (exit status 2) and lets any other error
 raise. A job of a sweep (``-m``) must not stop the sweep: there every failure is written into the
 trial's run folder and the job returns NaN, which Optuna records as a failed trial
-(see :mod:`experiments.sweeps`).
+(see :mod:`experiments.sweeps.trial`).
 """
 
 from __future__ import annotations
@@ -14,12 +14,12 @@ from __future__ import annotations
 import hydra
 from omegaconf import DictConfig
 
-from experiments.errors import exits_cleanly_on_user_error
+from experiments.core.errors import exits_cleanly_on_user_error
 
 
 @hydra.main(version_base="1.3", config_path="../../conf", config_name="train")
 def main(cfg: DictConfig) -> float:
-    from experiments.sweeps import in_multirun, run_trial
+    from experiments.sweeps.trial import in_multirun, run_trial
 
     if in_multirun():
         return run_trial(cfg, _train)
@@ -32,7 +32,7 @@ def _single_run(cfg: DictConfig) -> float:
 
 
 def _train(cfg: DictConfig) -> float:
-    from experiments.pipeline import train
+    from experiments.training.pipeline import train
 
     return train(cfg)
 
@@ -46,7 +46,7 @@ if __name__ == "__main__":
         print_help("train", "train", sys.argv)
         sys.exit(0)
     if not any(a.startswith("--") for a in sys.argv[1:]):  # --cfg, --info ... write nothing
-        from experiments.runs import check_output_root_of
+        from experiments.core.runs import check_output_root_of
 
         check_output_root_of(sys.argv[1:])
     main()

@@ -14,12 +14,12 @@ Paper init (``init: gaussian``): weights N(0, 0.01^2), biases of conv2, conv4, c
 
 from __future__ import annotations
 
-import torch
 from torch import nn
 
 from models.errors import require_choice, require_min_input_size, require_positive_int, require_probability
 from models.geometry import Window, feature_size, minimum_input_size
 from models.init import init_weights
+from models.interface import FeaturesClassifierMixin
 
 LAYOUTS = ("paper", "torchvision")
 
@@ -84,8 +84,12 @@ def fc_classifier(in_features: int, fc_size: int, num_classes: int, dropout: flo
     )
 
 
-class ConvFCNet(nn.Module):
-    """A feature extractor with a known window list followed by an FC classifier sized from ``input_size``."""
+class ConvFCNet(FeaturesClassifierMixin):
+    """A feature extractor with a known window list followed by an FC classifier sized from ``input_size``.
+
+    Features: the conv stack's output (after the last max pool); head: flatten, fc6, fc7 (the pre-logits
+    vector), fc8 (``classifier.6``).
+    """
 
     name = "network"
     native_size = 224
@@ -102,9 +106,6 @@ class ConvFCNet(nn.Module):
         self.feature_shape = (out_channels, side, side)
         self.avgpool = nn.Identity()
         self.classifier = fc_classifier(out_channels * side * side, fc_size, num_classes, dropout)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.classifier(torch.flatten(self.avgpool(self.features(x)), 1))
 
 
 class AlexNet(ConvFCNet):
@@ -125,10 +126,21 @@ class AlexNet(ConvFCNet):
         require_choice("layout", layout, LAYOUTS)
         features, windows = (paper_features if layout == "paper" else torchvision_features)(in_channels)
         self._build(features, windows, 256, in_channels, num_classes, input_size, fc_size, dropout)
+        self.init_scheme, self.layout = init, layout
         init_weights(self, init, gaussian_std=0.01)
-        if init == "gaussian" and layout == "paper":
+        if self.positive_biases:
             for index in (4, 10, 12):  # conv2, conv4, conv5
                 nn.init.ones_(self.features[index].bias)
             for layer in self.classifier:
                 if isinstance(layer, nn.Linear):
                     nn.init.ones_(layer.bias)
+
+    @property
+    def positive_biases(self) -> bool:
+        """The paper starts some biases at 1 (conv2, conv4, conv5 and every FC layer, fc8 included)."""
+        return self.init_scheme == "gaussian" and self.layout == "paper"
+
+    def init_classifier(self, layer: nn.Module) -> None:
+        super().init_classifier(layer)
+        if self.positive_biases:
+            nn.init.ones_(layer.bias)

@@ -20,6 +20,7 @@ from models.errors import (
     require_probability,
 )
 from models.init import init_weights
+from models.interface import FeaturesClassifierMixin, run_classifier
 
 POOLS = {"max": nn.MaxPool2d, "avg": nn.AvgPool2d}
 
@@ -54,7 +55,12 @@ class ConvStage(nn.Sequential):
         self.out_channels = in_channels
 
 
-class Blueprint(nn.Module):
+class Blueprint(FeaturesClassifierMixin):
+    """Features: the last conv stage's output; with no conv stage (M = 0, the linear classifier) there is
+    no learned map and ``forward_features`` returns the input image itself, the tensor the head flattens.
+    Head: flatten, the K FC layers (the last one's output is the pre-logits vector), the output layer.
+    """
+
     def __init__(
         self,
         in_channels: int = 3,
@@ -105,7 +111,8 @@ class Blueprint(nn.Module):
             features = size
         head.append(nn.Linear(features, num_classes))
         self.classifier = nn.Sequential(*head)
+        self.init_scheme = init
         init_weights(self, init)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.classifier(self.features(x))
+    def forward_head(self, features: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        return run_classifier(self.classifier, features, pre_logits)  # no pooling; it starts with nn.Flatten

@@ -25,6 +25,7 @@ from models.errors import (
     require_probability,
 )
 from models.init import init_weights
+from models.interface import ClassifierMixin
 
 FORMS = ("imagenet", "cifar")
 IMAGENET_BLOCKS: dict[int, tuple[int, ...]] = {
@@ -86,7 +87,13 @@ class Transition(nn.Sequential):
         ))
 
 
-class DenseNet(nn.Module):
+class DenseNet(ClassifierMixin):
+    """Features: the last dense block's maps after the final norm and ReLU (the module ``relu``); head:
+    global average pool, ``classifier``."""
+
+    classifier_name = "classifier"
+    feature_module_name = "relu"
+
     def __init__(
         self,
         in_channels: int = 3,
@@ -138,11 +145,15 @@ class DenseNet(nn.Module):
         self.relu = nn.ReLU(inplace=True)
         self.avgpool = nn.AdaptiveAvgPool2d(1)
         self.classifier = nn.Linear(channels, num_classes)
+        self.init_scheme = init
         init_weights(self, init)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.avgpool(self.relu(self.features(x)))
-        return self.classifier(torch.flatten(x, 1))
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.relu(self.features(x))
+
+    def forward_head(self, features: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        x = torch.flatten(self.avgpool(features), 1)
+        return x if pre_logits else self.classifier(x)
 
 
 def resolve_blocks(form: str, depth: object, bottleneck: bool) -> tuple[int, ...]:

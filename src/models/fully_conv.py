@@ -13,18 +13,31 @@ import torch
 from torch import nn
 
 from models.errors import ModelConfigError
+from models.interface import ClassifierMixin, run_classifier
 
 
-class FullyConvolutional(nn.Module):
-    """``features`` then the converted head; ``forward`` returns (N, classes, H', W') scores."""
+class FullyConvolutional(ClassifierMixin):
+    """``features`` then the converted head; ``forward`` returns (N, classes, H', W') scores.
+
+    The interface's tensors stay maps here: ``forward_head(..., pre_logits=True)`` is the converted fc7's
+    output, ``(N, num_features, H', W')`` (1x1 at the original network's input size), and the classifier
+    layer is the last 1x1 conv of ``head``.
+    """
 
     def __init__(self, features: nn.Module, head: nn.Sequential) -> None:
         super().__init__()
         self.features = features
         self.head = head
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.features(x))
+    @property
+    def classifier_name(self) -> str:
+        return f"head.{len(self.head) - 1}"
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.features(x)
+
+    def forward_head(self, features: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        return run_classifier(self.head, features, pre_logits)
 
 
 def linear_to_conv(linear: nn.Linear, in_channels: int, kernel: int) -> nn.Conv2d:

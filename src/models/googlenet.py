@@ -24,6 +24,7 @@ from torchvision.ops.misc import Conv2dNormActivation
 from models.errors import require_choice, require_min_input_size, require_positive_int, require_probability
 from models.geometry import Window, feature_size, minimum_input_size
 from models.init import init_weights
+from models.interface import ClassifierMixin
 
 INCEPTION_KINDS = ("reduced", "naive")
 
@@ -114,7 +115,15 @@ class AuxClassifier(nn.Module):
         return self.fc2(self.dropout(self.relu(self.fc1(x))))
 
 
-class GoogLeNet(nn.Module):
+class GoogLeNet(ClassifierMixin):
+    """Features: inception (5b)'s output; head: global average pool, dropout, ``fc``.
+
+    ``reset_classifier`` also replaces the auxiliary heads' last layers (``aux1.fc2``, ``aux2.fc2``).
+    """
+
+    classifier_name = "fc"
+    feature_module_name = "inception5b"
+
     def __init__(
         self,
         in_channels: int = 3,
@@ -166,19 +175,37 @@ class GoogLeNet(nn.Module):
         self.avgpool = nn.AdaptiveAvgPool2d(1)  # the paper's 7x7/1 average pool at 224
         self.dropout = nn.Dropout(dropout)
         self.fc = nn.Linear(channels, num_classes)
+        self.init_scheme = init
         init_weights(self, init)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    @property
+    def aux_classifier_names(self) -> tuple[str, ...]:
+        return ("aux1.fc2", "aux2.fc2") if self.aux_logits else ()
+
+    def _features_and_aux(self, x: torch.Tensor, with_aux: bool
+                          ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+        """The feature map, and the auxiliary logits (after 4a and 4d) when ``with_aux``."""
         x = self.maxpool2(self.lrn2(self.conv3(self.conv2(self.lrn1(self.maxpool1(self.conv1(x)))))))
         x = self.maxpool3(self.inception3b(self.inception3a(x)))
         x = self.inception4a(x)
-        use_aux = self.aux_logits and self.training
-        aux1 = self.aux1(x) if use_aux else None
+        aux1 = self.aux1(x) if with_aux else None
         x = self.inception4d(self.inception4c(self.inception4b(x)))
-        aux2 = self.aux2(x) if use_aux else None
+        aux2 = self.aux2(x) if with_aux else None
         x = self.maxpool4(self.inception4e(x))
-        x = self.inception5b(self.inception5a(x))
-        x = self.fc(self.dropout(torch.flatten(self.avgpool(x), 1)))
+        return self.inception5b(self.inception5a(x)), aux1, aux2
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        return self._features_and_aux(x, with_aux=False)[0]
+
+    def forward_head(self, features: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        x = self.dropout(torch.flatten(self.avgpool(features), 1))
+        return x if pre_logits else self.fc(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The logits; in training mode with auxiliary heads, ``(main, aux1, aux2)``."""
+        use_aux = self.aux_logits and self.training
+        features, aux1, aux2 = self._features_and_aux(x, with_aux=use_aux)
+        logits = self.forward_head(features)
         if use_aux:
-            return x, aux1, aux2
-        return x
+            return logits, aux1, aux2
+        return logits

@@ -22,6 +22,7 @@ from torchvision.models.inception import BasicConv2d, Inception3
 from models.errors import ModelConfigError, require_positive_int, require_probability
 from models.geometry import Window, minimum_input_size
 from models.init import init_weights
+from models.interface import ClassifierMixin
 
 # Stem and grid reductions up to the 17x17 grid (where the auxiliary head sits), then to 8x8.
 TO_GRID_17: list[Window] = [(3, 2, 0, False), (3, 1, 0, False), (3, 2, 0, False), (3, 1, 0, False),
@@ -29,9 +30,24 @@ TO_GRID_17: list[Window] = [(3, 2, 0, False), (3, 1, 0, False), (3, 2, 0, False)
 TO_GRID_8: list[Window] = [*TO_GRID_17, (3, 2, 0, False)]
 # The auxiliary head pools 5x5/3 and then applies a 5x5 valid conv.
 TO_AUX: list[Window] = [*TO_GRID_17, (5, 3, 0, False), (5, 1, 0, False)]
+# torchvision's modules in forward order, before and after the auxiliary head's branch point.
+BEFORE_AUX = ("Conv2d_1a_3x3", "Conv2d_2a_3x3", "Conv2d_2b_3x3", "maxpool1", "Conv2d_3b_1x1", "Conv2d_4a_3x3",
+              "maxpool2", "Mixed_5b", "Mixed_5c", "Mixed_5d", "Mixed_6a", "Mixed_6b", "Mixed_6c", "Mixed_6d",
+              "Mixed_6e")
+AFTER_AUX = ("Mixed_7a", "Mixed_7b", "Mixed_7c")
 
 
-class InceptionV3(Inception3):
+class InceptionV3(ClassifierMixin, Inception3):
+    """Features: ``Mixed_7c``'s 8x8 maps (at 299); head: global average pool, dropout, ``fc``.
+
+    ``reset_classifier`` also replaces the auxiliary head's last layer (``AuxLogits.fc``, with its
+    BatchNorm in the BN-auxiliary variant). A reset layer is initialised by the ``init`` scheme, so with
+    ``init: default`` it gets PyTorch's default initialisation rather than torchvision's truncated normal.
+    """
+
+    classifier_name = "fc"
+    feature_module_name = "Mixed_7c"
+
     def __init__(
         self,
         in_channels: int = 3,
@@ -62,10 +78,37 @@ class InceptionV3(Inception3):
             self.AuxLogits.fc = nn.Sequential(OrderedDict(
                 linear=nn.Linear(768, num_classes, bias=False), bn=nn.BatchNorm1d(num_classes),
             ))
+        self.init_scheme = init
         if init != "default":
             init_weights(self, init)
 
+    @property
+    def aux_classifier_names(self) -> tuple[str, ...]:
+        return ("AuxLogits.fc",) if self.AuxLogits is not None else ()
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        return self._forward_features(x, with_aux=False)[0]
+
+    def forward_head(self, features: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        x = torch.flatten(self.dropout(self.avgpool(features)), 1)  # torchvision's order
+        return x if pre_logits else self.fc(x)
+
+    def _forward_features(self, x: torch.Tensor, with_aux: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The feature map, and the auxiliary logits on the 17x17 grid when ``with_aux``."""
+        for name in BEFORE_AUX:
+            x = getattr(self, name)(x)
+        aux = self.AuxLogits(x) if with_aux else None
+        for name in AFTER_AUX:
+            x = getattr(self, name)(x)
+        return x, aux
+
+    def _forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """torchvision's ``(logits, aux)`` step, rebuilt from the interface's two halves."""
+        features, aux = self._forward_features(x, with_aux=self.AuxLogits is not None and self.training)
+        return self.forward_head(features), aux
+
     def forward(self, x: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        """The logits; in training mode with the auxiliary head, ``(main, aux)`` as a plain tuple."""
         logits, aux = self._forward(x)
         if self.training and self.aux_logits:
             return logits, aux

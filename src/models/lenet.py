@@ -14,12 +14,15 @@ from torch import nn
 
 from models.errors import ModelConfigError, require_choice, require_positive_int, require_probability
 from models.init import init_weights
+from models.interface import FeaturesClassifierMixin, run_classifier
 
 _ACTIVATIONS = {"tanh": nn.Tanh, "relu": nn.ReLU, "sigmoid": nn.Sigmoid}
 _POOLS = {"avg": nn.AvgPool2d, "max": nn.MaxPool2d}
 
 
-class LeNet5(nn.Module):
+class LeNet5(FeaturesClassifierMixin):
+    """Features: the maps after S4 (the second pool); head: flatten, the FC layers, the output layer."""
+
     def __init__(
         self,
         in_channels: int = 1,
@@ -67,7 +70,8 @@ class LeNet5(nn.Module):
         self.classifier = nn.Sequential(*layers)
         # (C, H, W) of the map entering the classifier: what FC-to-conv conversion needs.
         self.feature_shape = (c3, feature_size, feature_size)
+        self.init_scheme = init
         init_weights(self, init)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.classifier(self.features(x))
+    def forward_head(self, features: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        return run_classifier(self.classifier, features, pre_logits)  # no pooling; it starts with nn.Flatten

@@ -17,6 +17,7 @@ from torchvision.ops.misc import Conv2dNormActivation
 
 from models.errors import ModelConfigError, require_min_input_size, require_positive_int, require_probability
 from models.init import init_weights
+from models.interface import FeaturesClassifierMixin
 
 # v1, Table 1: (pointwise output channels, depthwise stride) of each separable pair.
 V1_LAYERS = [(64, 1), (128, 2), (128, 1), (256, 2), (256, 1), (512, 2),
@@ -50,7 +51,9 @@ class DepthwiseSeparable(nn.Sequential):
         )
 
 
-class MobileNetV1(nn.Module):
+class MobileNetV1(FeaturesClassifierMixin):
+    """Features: the last pointwise conv's output; head: global average pool, dropout, the FC layer."""
+
     def __init__(
         self,
         in_channels: int = 3,
@@ -75,10 +78,8 @@ class MobileNetV1(nn.Module):
         self.features = nn.Sequential(*layers)
         self.avgpool = nn.AdaptiveAvgPool2d(1)
         self.classifier = nn.Sequential(nn.Dropout(dropout), nn.Linear(channels, num_classes))
+        self.init_scheme = init
         init_weights(self, init)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.classifier(torch.flatten(self.avgpool(self.features(x)), 1))
 
 
 class InvertedResidual(nn.Module):
@@ -103,7 +104,10 @@ class InvertedResidual(nn.Module):
         return x + self.conv(x) if self.use_res_connect else self.conv(x)
 
 
-class MobileNetV2(nn.Module):
+class MobileNetV2(FeaturesClassifierMixin):
+    """Features: the last 1x1 conv's output (1280 channels at width 1); head: global average pool,
+    dropout, the FC layer."""
+
     def __init__(
         self,
         in_channels: int = 3,
@@ -132,7 +136,5 @@ class MobileNetV2(nn.Module):
         self.features = nn.Sequential(*layers)
         self.avgpool = nn.AdaptiveAvgPool2d(1)
         self.classifier = nn.Sequential(nn.Dropout(dropout), nn.Linear(last, num_classes))
+        self.init_scheme = init
         init_weights(self, init)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.classifier(torch.flatten(self.avgpool(self.features(x)), 1))

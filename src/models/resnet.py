@@ -33,6 +33,7 @@ from torchvision.ops import SqueezeExcitation, StochasticDepth
 
 from models.errors import ModelConfigError, require_choice, require_positive_int, require_probability
 from models.init import init_weights
+from models.interface import ClassifierMixin
 
 FORMS = ("imagenet", "cifar", "wide")
 SHORTCUTS = ("A", "B", "C")
@@ -239,8 +240,14 @@ class ResidualStage(nn.Sequential):
         self.out_channels = in_channels
 
 
-class ResNet(nn.Module):
-    """A residual network (or its plain twin) in ImageNet, CIFAR or Wide-ResNet form. See the module doc."""
+class ResNet(ClassifierMixin):
+    """A residual network (or its plain twin) in ImageNet, CIFAR or Wide-ResNet form. See the module doc.
+
+    Features: the last stage's output (after the final BN-ReLU for pre-activation nets); head: global
+    average pool, dropout, ``fc``.
+    """
+
+    classifier_name = "fc"
 
     def __init__(
         self,
@@ -330,13 +337,15 @@ class ResNet(nn.Module):
             self.add_module(f"layer{index + 1}", stage)
             channels, seen = stage.out_channels, seen + num_blocks
         self.num_stages = len(widths)
-        # Pre-activation blocks leave their output un-normalised: one BN-ReLU before pooling.
+        # Pre-activation blocks leave their output un-normalised: one BN-ReLU before pooling. The ReLU is a
+        # module of its own (no parameters, no state-dict keys) so the final feature map has a hookable name.
         self.final_bn: nn.Module = nn.BatchNorm2d(channels) if self.preactivation else nn.Identity()
+        self.final_relu: nn.Module = nn.ReLU(inplace=True) if self.preactivation else nn.Identity()
         self.avgpool = nn.AdaptiveAvgPool2d(1)
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
         self.fc = nn.Linear(channels, num_classes)
-        self.num_features = channels
 
+        self.init_scheme = init
         init_weights(self, init)
         if zero_init_residual and residual and not self.preactivation:
             # Goyal et al. 2017: every residual branch starts at zero, so each block starts as its shortcut.
@@ -356,17 +365,19 @@ class ResNet(nn.Module):
             x = self.relu(self.bn1(x))
         return self.maxpool(x)
 
+    @property
+    def feature_module_name(self) -> str:
+        return "final_relu" if self.preactivation else f"layer{self.num_stages}"
+
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         x = self.stem(x)
         for stage in self.stages:
             x = stage(x)
-        if self.preactivation:
-            x = self.relu(self.final_bn(x))
-        return x
+        return self.final_relu(self.final_bn(x))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = torch.flatten(self.avgpool(self.forward_features(x)), 1)
-        return self.fc(self.dropout(x))
+    def forward_head(self, features: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        x = self.dropout(torch.flatten(self.avgpool(features), 1))
+        return x if pre_logits else self.fc(x)
 
 
 def resolve_depth(form: str, depth: object, block: str) -> tuple[str, tuple[int, ...]]:

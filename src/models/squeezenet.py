@@ -15,6 +15,7 @@ from torch import nn
 from models.errors import require_choice, require_min_input_size, require_positive_int, require_probability
 from models.geometry import Window, minimum_input_size
 from models.init import init_weights
+from models.interface import ClassifierMixin
 
 VERSIONS = ("1.0", "1.1")
 
@@ -60,7 +61,23 @@ def features_1_1(in_channels: int) -> tuple[nn.Sequential, list[Window]]:
     return layers, [(3, 2, 0, False), (3, 2, 0, True), (3, 2, 0, True), (3, 2, 0, True)]
 
 
-class SqueezeNet(nn.Module):
+def init_final_conv(conv: nn.Conv2d) -> None:
+    """The paper's final conv starts small (N(0, 0.01^2)) so early logits are near uniform."""
+    nn.init.normal_(conv.weight, mean=0.0, std=0.01)
+
+
+class SqueezeNet(ClassifierMixin):
+    """Features: the last Fire module's maps. Head: dropout, the final 1x1 conv (``classifier.1``, the
+    classifier layer), ReLU, global average pool.
+
+    The classifier runs at every position of the map before the pooling, so there is no single vector
+    entering it: the pre-logits vector is its input map averaged over positions, ``(N, 512)`` (the
+    representation a linear probe or t-SNE uses; the logits are not a linear function of it, because
+    of the ReLU between the conv and the pool).
+    """
+
+    classifier_name = "classifier.1"
+
     def __init__(
         self,
         in_channels: int = 3,
@@ -84,10 +101,20 @@ class SqueezeNet(nn.Module):
             nn.ReLU(inplace=True),
             nn.AdaptiveAvgPool2d(1),
         )
+        self.init_scheme = init
         init_weights(self, init)
         if init != "default":
-            # The paper's final conv starts small (N(0, 0.01^2)) so early logits are near uniform.
-            nn.init.normal_(self.classifier[1].weight, mean=0.0, std=0.01)
+            init_final_conv(self.classifier[1])
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.flatten(self.classifier(self.features(x)), 1)
+    def init_classifier(self, layer: nn.Module) -> None:
+        super().init_classifier(layer)
+        if self.init_scheme != "default":
+            init_final_conv(layer)
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.features(x)
+
+    def forward_head(self, features: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        dropout, conv, relu, pool = self.classifier
+        x = dropout(features)
+        return torch.flatten(pool(x) if pre_logits else pool(relu(conv(x))), 1)

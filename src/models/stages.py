@@ -13,18 +13,27 @@ A *stage* is a unit of the network with parameters, found the same way for every
    into the one after it);
 4. the last stage is the head: the layer that produces the logits (a Linear, or SqueezeNet's 1x1 conv).
 
-``stages_of`` finds the order with forward pre-hooks during one forward pass of a single zero image
-(on the model's own device, so a model on the meta device costs nothing); the model's train/eval mode
-is restored afterwards and no buffer changes (eval mode).
+The head comes from the model interface (:func:`models.interface.classifier_module`, every zoo model
+has it): the unit holding the final classifier layer. The backbone is what computes the vector that
+enters it, so its units are ordered by one pass of ``forward_head(forward_features(x), pre_logits=True)``
+(the head's unit is left out of that pass even when it holds more than the classifier layer). A model
+from outside the zoo without the interface falls back to tracing the whole forward pass and taking the
+last unit that runs as the head.
+
+The order comes from forward pre-hooks during one pass of a single zero image (on the model's own
+device, so a model on the meta device costs nothing); the model's train/eval mode is restored
+afterwards and no buffer changes (eval mode).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import torch
 from torch import nn
+
+from models.interface import classifier_module
 
 NORM_TYPES = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm, nn.LocalResponseNorm)
 
@@ -87,9 +96,10 @@ def infer_input_shape(model: nn.Module) -> tuple[int, int, int]:
     raise ValueError("stages_of needs input_shape=(C, H, W): the model has no Conv2d to infer it from")
 
 
-def forward_order(model: nn.Module, units: list[tuple[str, nn.Module]],
-                  input_shape: tuple[int, int, int]) -> list[str]:
-    """Names of ``units`` that run in an eval-mode forward pass of one zero image, in the order they run."""
+def forward_order(model: nn.Module, units: list[tuple[str, nn.Module]], input_shape: tuple[int, int, int],
+                  run: Callable[[torch.Tensor], object] | None = None) -> list[str]:
+    """Names of ``units`` that run in an eval-mode pass of one zero image through ``run`` (default: the
+    model's forward), in the order they run."""
     order: list[str] = []
     handles = []
     for name, unit in units:
@@ -102,7 +112,7 @@ def forward_order(model: nn.Module, units: list[tuple[str, nn.Module]],
     model.eval()
     try:
         with torch.no_grad():
-            model(torch.zeros(1, *input_shape, device=parameter.device, dtype=parameter.dtype))
+            (run or model)(torch.zeros(1, *input_shape, device=parameter.device, dtype=parameter.dtype))
     finally:
         model.train(was_training)
         for handle in handles:
@@ -116,7 +126,7 @@ def stages_of(model: nn.Module, input_shape: tuple[int, int, int] | None = None)
         input_shape = infer_input_shape(model)
     units = [(name, unit) for name, unit in candidate_units(model) if _has_parameters(unit)]
     by_name = dict(units)
-    ran = forward_order(model, units, tuple(input_shape))
+    ran = _backbone_then_head(model, units, tuple(input_shape)) or forward_order(model, units, tuple(input_shape))
     groups: list[list[str]] = []
     pending: list[str] = []  # norm-only units before any other unit
     for name in ran:
@@ -136,6 +146,25 @@ def stages_of(model: nn.Module, input_shape: tuple[int, int, int] | None = None)
         module = by_name[members[0]] if len(members) == 1 else nn.ModuleList(by_name[m] for m in members)
         stages.append(Stage(primary, module, tuple(members)))
     return stages
+
+
+def _unit_holding(units: list[tuple[str, nn.Module]], layer_name: str) -> str | None:
+    return next((name for name, _ in units if layer_name == name or layer_name.startswith(f"{name}.")), None)
+
+
+def _backbone_then_head(model: nn.Module, units: list[tuple[str, nn.Module]],
+                        input_shape: tuple[int, int, int]) -> list[str] | None:
+    """Units in forward order with the interface's classifier unit last, or None without the interface."""
+    found = classifier_module(model)
+    head = _unit_holding(units, found[0]) if found is not None else None
+    if head is None:
+        return None
+    backbone = [(name, unit) for name, unit in units if name != head]
+
+    def pre_logits(x: torch.Tensor) -> torch.Tensor:
+        return model.forward_head(model.forward_features(x), pre_logits=True)
+
+    return [*forward_order(model, backbone, input_shape, pre_logits), head]
 
 
 def head_output_size(stage: Stage) -> int | None:

@@ -9,11 +9,11 @@ gives a 512-input FC instead of 49 copies of one pixel; at 224 the two are ident
 
 from __future__ import annotations
 
-import torch
 from torch import nn
 
 from models.errors import require_choice, require_min_input_size, require_positive_int, require_probability
 from models.init import init_weights
+from models.interface import FeaturesClassifierMixin
 
 # Table 1: numbers are 3x3 conv widths, "1x<n>" a 1x1 conv, "M" a max pool, "LRN" local response norm.
 CONFIGS: dict[str, list[int | str]] = {
@@ -48,7 +48,9 @@ def make_features(spec: list[int | str], in_channels: int, batch_norm: bool) -> 
     return nn.Sequential(*layers)
 
 
-class VGG(nn.Module):
+class VGG(FeaturesClassifierMixin):
+    """Features: the conv stack's output (after the last max pool); head: fc6, fc7 (the pre-logits), fc8."""
+
     def __init__(
         self,
         in_channels: int = 3,
@@ -82,7 +84,5 @@ class VGG(nn.Module):
             nn.Dropout(dropout),
             nn.Linear(fc_size, num_classes),
         )
+        self.init_scheme = init
         init_weights(self, init)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.classifier(torch.flatten(self.avgpool(self.features(x)), 1))

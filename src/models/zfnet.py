@@ -47,4 +47,5 @@ class ZFNet(ConvFCNet):
         )
         windows = [(7, 2, 1, False), (3, 2, 0, True), (5, 2, 0, False), (3, 2, 0, True), (3, 2, 0, True)]
         self._build(features, windows, 256, in_channels, num_classes, input_size, fc_size, dropout)
+        self.init_scheme = init
         init_weights(self, init, gaussian_std=0.01)

@@ -15,7 +15,7 @@ from omegaconf import OmegaConf
 from torch import nn
 
 from data.synthetic import SyntheticDataModule
-from experiments.module import ClassificationModule
+from experiments.training.module import ClassificationModule
 
 
 def tiny_data(in_channels: int = 3, size: int = 16, num_classes: int = 4, num_train: int = 320,
@@ -45,7 +45,7 @@ def trainer_for(run_dir: Path, callbacks: list, loggers: list | bool = False, ma
 
 
 def csv_logger(run_dir: Path):
-    from experiments.loggers import RunCSVLogger
+    from experiments.training.loggers import RunCSVLogger
 
     return RunCSVLogger(save_dir=str(run_dir))
 

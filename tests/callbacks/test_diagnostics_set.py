@@ -19,7 +19,7 @@ def test_diagnostics_is_default_plus_every_diagnostic(compose):
 
 
 def test_a_resnet_run_with_every_diagnostic_and_logger(compose, tmp_path: Path, offline_wandb):
-    from experiments.pipeline import train
+    from experiments.training.pipeline import train
 
     run = tmp_path / "run"
     cfg = compose(["data=synthetic", "model=resnet20", "data.image_size=16", "data.num_train=320",

@@ -12,7 +12,7 @@ from pytorch_lightning.loggers import TensorBoardLogger
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from callbacks import media, plotting
-from experiments.loggers import make_wandb_logger
+from experiments.training.loggers import make_wandb_logger
 
 from .conftest import SmallConvNet, column, csv_logger, module_for, read_metrics, tiny_data, trainer_for
 

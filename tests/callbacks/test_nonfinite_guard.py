@@ -11,7 +11,7 @@ import torch
 from pytorch_lightning.callbacks import ModelCheckpoint
 
 from callbacks.gradient_flow import GradientFlow
-from experiments.module import ClassificationModule
+from experiments.training.module import ClassificationModule
 from models.lenet import LeNet5
 
 from .conftest import SmallConvNet, module_for, tiny_data, trainer_for

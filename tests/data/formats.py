@@ -24,7 +24,7 @@ def compose_data(name: str, *overrides: str, seed: int | None = None):
 def build(name: str, *overrides: str, seed: int | None = None):
     """Instantiate the DataModule of ``conf/data/<name>.yaml`` as the training pipeline does.
 
-    Like ``experiments.build.instantiate_or_explain``, a data error raised in a constructor is
+    Like ``experiments.core.errors.instantiate_or_explain``, a data error raised in a constructor is
     unwrapped from Hydra's InstantiationException, so tests see the DataConfigError itself.
     """
     from hydra.errors import InstantiationException

@@ -85,7 +85,7 @@ def test_analysis_reads_the_best_checkpoint_and_leaves_the_run_alone(resnet_run)
     (["analysis=[saliency]", "model=vgg16"], ["model", "whole config group"]),
 ])
 def test_bad_analysis_inputs_are_one_paragraph_and_write_nothing(lenet_run, args, words, capsys):
-    from experiments.analyze import main
+    from experiments.analysis.analyze import main
 
     before = tree_hashes(lenet_run)
     with pytest.raises(SystemExit) as stop:  # in-process: the CLI's own entry point, without the start-up

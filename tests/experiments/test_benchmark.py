@@ -15,11 +15,11 @@ import torch
 from tests.conftest import REPO, run_cli
 from torch import nn
 
-from experiments.bench_memory import account, activation_elements
+from experiments.bench.memory import account, activation_elements
 
 
 def test_help_imports_no_torch():
-    code = ("import sys; from experiments.benchmark import parse\n"
+    code = ("import sys; from experiments.bench.suite import parse\n"
             "try:\n    parse(['--help'])\nexcept SystemExit:\n    pass\n"
             "heavy = [m for m in ('torch', 'torchvision', 'pytorch_lightning') if m in sys.modules]\n"
             "print('HEAVY', heavy)")

@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
-from experiments import compare as compare_cli
-from experiments import report as report_cli
-from experiments.compare import compare
+from experiments.studies import compare as compare_cli
+from experiments.studies import report as report_cli
+from experiments.studies.compare import compare
 
 
 def write_run(folder: Path, *, depth: int, residual: bool, seed: int, train: list[float], val: list[float],

@@ -10,7 +10,7 @@ import torch
 from omegaconf import OmegaConf
 from tests.conftest import run_cli
 
-from experiments.build import build_model, input_shape_of
+from experiments.training.build import build_model, input_shape_of
 
 STUDIES = {  # study: (grid size, grouping keys)
     "degradation": (4, ["model.depth", "model.residual"]),
@@ -42,7 +42,7 @@ def test_every_study_composes_with_its_grid(study, compose):
     cfg = compose([f"experiment={study}"])
     assert cfg.hydra.sweeper._target_.endswith("BasicSweeper")
     callback = cfg.hydra.callbacks.compare_study
-    assert callback._target_ == "experiments.study_callback.CompareStudy" and list(callback.by) == by
+    assert callback._target_ == "experiments.studies.study_callback.CompareStudy" and list(callback.by) == by
     # conf/train.yaml's own hydra.sweep.dir wins over the experiment's (its _self_ comes after `experiment`),
     # so the callback applies the study's folder at on_multirun_start (checked by the real multirun below).
     assert f"studies/{study}/" in str(callback.sweep_dir)

@@ -40,7 +40,7 @@ def test_option_composes_and_resolves(compose, group, option, tmp_path):
 
 @pytest.mark.parametrize("option", sorted(p.stem for p in (CONF / "optimizer").glob("*.yaml")))
 def test_optimizer_builds(compose, option, tmp_path):
-    from experiments.optim import build_optimizer
+    from experiments.training.optim import build_optimizer
 
     cfg = compose([f"optimizer={option}", f"paths.run_dir={tmp_path}"])
     optimizer = build_optimizer(cfg.optimizer, torch.nn.Linear(3, 2))
@@ -55,7 +55,7 @@ def test_callbacks_instantiate(compose, option, tmp_path):
 
 
 def test_experiment_lenet_fashion_is_the_paper_network(compose, tmp_path):
-    from experiments.build import build_model, count_parameters, input_shape_of
+    from experiments.training.build import build_model, count_parameters, input_shape_of
 
     cfg = compose(["experiment=lenet_fashion", f"paths.run_dir={tmp_path}"])
     assert input_shape_of(cfg) == (1, 32, 32)

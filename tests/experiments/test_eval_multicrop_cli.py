@@ -37,7 +37,7 @@ def _row(record: dict, crops: int, models: int = 1, run: Path | None = None) -> 
 
 
 def test_one_crop_reproduces_the_runs_test_error_and_ten_crops_are_reported(two_runs):
-    from experiments.eval import main
+    from experiments.evaluation.evaluate import main
 
     run, _ = two_runs
     record = main([f"run={run}", "eval.crops=[1,10]"])  # in-process: the command line's own code path
@@ -54,7 +54,7 @@ def test_one_crop_reproduces_the_runs_test_error_and_ten_crops_are_reported(two_
 
 
 def test_ensemble_of_a_run_with_itself_is_the_run(two_runs):
-    from experiments.eval import main
+    from experiments.evaluation.evaluate import main
 
     run, _ = two_runs
     record = main([f"eval.runs=[{run},{run}]", "eval.crops=[1,144]", "data.test_subset=4"])
@@ -139,7 +139,7 @@ def test_bad_eval_inputs_are_one_paragraph_and_change_nothing(two_runs, tmp_path
 
 def test_members_with_other_test_images_are_refused_before_anything_is_written(two_runs, tmp_path, capsys):
     """Same dataset, classes, size and count, but another data seed: caught by comparing the labels."""
-    from experiments.eval import main
+    from experiments.evaluation.evaluate import main
 
     first, _ = two_runs
     other = _copy_with(first, tmp_path, data__seed=7)

@@ -11,10 +11,10 @@ import pytorch_lightning as pl
 import torch
 from tests.conftest import TINY, assert_refused, run_cli, run_folders, tree_hashes
 
-from experiments import finetune
-from experiments.build import build_datamodule, build_module
-from experiments.errors import UserError
-from experiments.validation import validate
+from experiments.core.errors import UserError
+from experiments.training import finetune
+from experiments.training.build import build_datamodule, build_module
+from experiments.training.validation import validate
 
 
 def _args(*overrides: str) -> list[str]:
@@ -146,7 +146,7 @@ def test_a_finetuned_run_trains_and_evaluates_from_the_cli(project, source_run):
     assert summary["finetune"]["strategy"] == "from_layer" and summary["finetune"]["trained_stages"] == ["fc"]
     assert summary["params"] == 6 * 25 + 6 + 16 * 150 + 16 + 400 * 120 + 120 + 120 * 5 + 5
     # experiments.eval rebuilds the cut network from the run's own config.yaml and loads its checkpoint.
-    from experiments.eval import evaluate
+    from experiments.evaluation.evaluate import evaluate
 
     metrics = evaluate(str(run), quiet=True)
     assert metrics["test/acc"] == pytest.approx(summary["metrics"]["test/acc"], abs=1e-6)
@@ -168,7 +168,7 @@ def test_bad_finetune_inputs_exit_2_and_write_nothing(project, source_run, tmp_p
 
 
 def test_a_channel_mismatch_stops_training_before_anything_is_written(compose, project, source_run, tmp_path):
-    from experiments.pipeline import train
+    from experiments.training.pipeline import train
 
     cfg = compose(_args(*DATA, f"finetune.from={source_run}", "data.in_channels=3", "data.mean=[0.5,0.5,0.5]",
                         "data.std=[0.25,0.25,0.25]", f"paths.run_dir={tmp_path / 'run'}"))

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from omegaconf import OmegaConf
 from torch import nn
 
-from experiments.module import ClassificationModule
+from experiments.training.module import ClassificationModule
 
 SGD = OmegaConf.create({"_target_": "torch.optim.SGD", "_partial_": True, "lr": 0.1})
 

@@ -10,7 +10,8 @@ import torch
 from omegaconf import OmegaConf
 from torch import nn
 
-from experiments.ensemble import (
+from experiments.core.errors import UserError
+from experiments.evaluation.ensemble import (
     FolderViews,
     LoaderViews,
     PipelineViews,
@@ -18,9 +19,8 @@ from experiments.ensemble import (
     errors_of,
     views_for,
 )
-from experiments.errors import UserError
-from experiments.eval import parse_arguments
-from experiments.multicrop import FIVE, SCHEMES, crops_of, scales_of, views_of
+from experiments.evaluation.evaluate import parse_arguments
+from experiments.evaluation.multicrop import FIVE, SCHEMES, crops_of, scales_of, views_of
 
 
 def coordinates(height: int, width: int) -> torch.Tensor:

@@ -9,8 +9,8 @@ import torch
 from omegaconf import OmegaConf
 from torch import nn
 
-from experiments.errors import UserError
-from experiments.optim import build_optimizer, build_scheduler, parameter_groups
+from experiments.core.errors import UserError
+from experiments.training.optim import build_optimizer, build_scheduler, parameter_groups
 
 
 def _lrs(compose, overrides, tmp_path, total=1000, per_epoch=100, lr=0.1) -> list[float]:

@@ -21,7 +21,7 @@ EXPERIMENTS = sorted(p.stem for p in (CONF / "experiment").glob("*.yaml"))
 
 @pytest.mark.parametrize("name", EXPERIMENTS)
 def test_experiment_has_training_images_and_a_schedule_that_fits(compose, tmp_path, name):
-    from experiments.optim import _check_warmup_fits, _to_steps
+    from experiments.training.optim import _check_warmup_fits, _to_steps
 
     overrides = [f"experiment={name}", f"paths.run_dir={tmp_path}"]
     if name.startswith("transfer_") and name != "transfer_pretrain":
@@ -62,7 +62,7 @@ def test_every_job_of_a_study_builds_at_its_input_size(compose, tmp_path, name):
     """Models are built on the meta device (no memory) and run a meta forward pass at the study's size."""
     import torch
 
-    from experiments.build import build_model, input_shape_of
+    from experiments.training.build import build_model, input_shape_of
 
     base = [f"experiment={name}", f"paths.run_dir={tmp_path}"]
     for job in _grid(compose(base)):

@@ -16,8 +16,8 @@ from hydra_plugins.hydra_optuna_sweeper._impl import create_params_from_override
 from optuna.distributions import LogUniformDistribution
 from scipy import stats
 
-from experiments.coarse_to_fine import _sets_key, interval_override, narrow
-from experiments.sweeper import default_study_name
+from experiments.sweeps.coarse_to_fine import _sets_key, interval_override, narrow
+from experiments.sweeps.sweeper import default_study_name
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 

@@ -7,8 +7,8 @@ import math
 
 import pytest
 
-from experiments.errors import UserError
-from experiments.sweeps import bad_result, classify, divergence_in, flatten, run_trial
+from experiments.core.errors import UserError
+from experiments.sweeps.trial import bad_result, classify, divergence_in, flatten, run_trial
 
 
 def _run_dir(tmp_path, rows: list[str], metrics: dict | None = None):

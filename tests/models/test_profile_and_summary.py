@@ -12,9 +12,9 @@ import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from experiments.build import MODEL_METADATA_KEYS, build_model
-from experiments.errors import UserError
+from experiments.core.errors import UserError
 from experiments.summary import summarise
+from experiments.training.build import MODEL_METADATA_KEYS, build_model
 from models.errors import ModelConfigError
 from models.lenet import LeNet5
 from models.profile import compare_with_paper, profile_model

@@ -7,9 +7,9 @@ import torch
 from omegaconf import OmegaConf
 from torch import nn
 
-from experiments.build import build_model
-from experiments.errors import UserError
-from experiments.finetune import FromLayer, apply_transfer
+from experiments.core.errors import UserError
+from experiments.training.build import build_model
+from experiments.training.finetune import FromLayer, apply_transfer
 from models.stages import head_output_size, split_head, stages_of
 from tests.conftest import CONF
 

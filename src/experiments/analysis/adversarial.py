@@ -13,7 +13,7 @@ from torch import nn
 
 from experiments.analysis.common import AnalysisContext, Logits, analysis_mode
 from experiments.analysis.figures import image_rows
-from experiments.errors import UserError
+from experiments.core.errors import UserError
 
 
 class Normalised(nn.Module):

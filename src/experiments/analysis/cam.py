@@ -23,7 +23,7 @@ from experiments.analysis.common import (
     upsample,
 )
 from experiments.analysis.figures import image_rows
-from experiments.errors import UserError
+from experiments.core.errors import UserError
 
 METHODS = ("cam", "gradcam", "gradcampp")
 

@@ -14,7 +14,7 @@ from torch import nn
 from experiments.analysis.common import AnalysisContext, Logits, analysis_mode
 from experiments.analysis.figures import image_rows
 from experiments.analysis.image_optimization import optimize_image, total_variation
-from experiments.errors import UserError
+from experiments.core.errors import UserError
 
 
 def class_model(model: nn.Module, shape: tuple[int, int, int], target: int, steps: int = 200, lr: float = 0.1,

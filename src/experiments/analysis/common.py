@@ -19,12 +19,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from experiments.errors import UserError
+from experiments.core.errors import UserError
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
-    from experiments.trained import TrainedRun
+    from experiments.evaluation.trained import TrainedRun
 
 POOLS = (nn.AdaptiveAvgPool2d, nn.AvgPool2d, nn.AdaptiveMaxPool2d, nn.MaxPool2d)
 # Modules that only resample or pass maps on: never the default layer to look at.

@@ -12,7 +12,8 @@ import argparse
 import json
 from pathlib import Path
 
-from experiments.errors import UserError, exits_cleanly_on_user_error
+from experiments.core.errors import UserError, exits_cleanly_on_user_error
+from experiments.core.runs import RunFolder
 
 
 def read_landscape(run: Path) -> dict:
@@ -21,14 +22,13 @@ def read_landscape(run: Path) -> dict:
         raise UserError("run", str(run), "has no analysis/loss_landscape.json.",
                         f"Run: python -m experiments.analyze run={run} \"analysis=[loss_landscape]\"")
     record = json.loads(path.read_text())
-    summary = run / "summary.json"
-    name = json.loads(summary.read_text()).get("model_name") if summary.is_file() else None
+    name = RunFolder(run).summary().get("model_name")
     return {"run": str(run), "label": name or run.name, **record["figures"]}
 
 
 def compare(runs: list[Path], out: Path) -> dict:
     from callbacks.plotting import new_figure
-    from experiments import runs as run_files
+    from experiments.core import runs as run_files
 
     curves = [read_landscape(r) for r in runs]
     figure = new_figure(6, 4)

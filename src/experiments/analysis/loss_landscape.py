@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from experiments.analysis.common import AnalysisContext, Logits, analysis_mode
-from experiments.errors import UserError
+from experiments.core.errors import UserError
 
 _NORMS = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm)
 

@@ -25,7 +25,7 @@ from experiments.analysis.common import (
     find_layer,
 )
 from experiments.analysis.figures import image_rows
-from experiments.errors import UserError
+from experiments.core.errors import UserError
 
 _NORMS = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm, nn.LocalResponseNorm)
 

@@ -13,7 +13,7 @@ from torch import nn
 
 from experiments.analysis.common import AnalysisContext, Logits, analysis_mode, heat_overlay
 from experiments.analysis.figures import image_rows
-from experiments.errors import UserError
+from experiments.core.errors import UserError
 
 
 def occlusion_maps(model: nn.Module, images: torch.Tensor, targets: torch.Tensor, window: int, stride: int,

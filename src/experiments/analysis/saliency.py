@@ -45,7 +45,7 @@ def run(ctx: AnalysisContext, num_images: int = 8, split: str = "test", smoothgr
     with torch.no_grad(), analysis_mode(ctx.model):
         predicted = Logits(ctx.model)(images).argmax(1)
     if target not in ("label", "predicted"):
-        from experiments.errors import UserError
+        from experiments.core.errors import UserError
 
         raise UserError(f"analysis.{ctx.name}.target", target, "is not a choice.", "Use label or predicted.")
     classes = labels if target == "label" else predicted

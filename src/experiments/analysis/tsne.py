@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from experiments.analysis.common import AnalysisContext, collect_in_batches, head_layer
-from experiments.errors import UserError
+from experiments.core.errors import UserError
 
 
 def penultimate_codes(model: nn.Module, images: torch.Tensor, batch_size: int = 256) -> torch.Tensor:

@@ -2,7 +2,7 @@
 
 Hydra takes sweeper classes only from the ``hydra_plugins`` package and imports every module there
 when any app starts, so this one stays tiny: the implementation (and Optuna) is imported from
-:mod:`experiments.sweeper` only when a sweep is built.
+:mod:`experiments.sweeps.sweeper` only when a sweep is built.
 
 The config extends the plugin's ``OptunaSweeperConf`` in two ways: ``params`` may be nested
 (``params: {optimizer: {lr: ...}}``), so one range is overridable from the command line as
@@ -28,12 +28,12 @@ except ImportError:  # the [sweeps] extra is not installed: nothing to register,
 if OptunaSweeper is not None:
 
     class ResumableOptunaSweeper(OptunaSweeper):
-        """Optuna's sweeper plus resume, default study names and nested params (see experiments.sweeper)."""
+        """Optuna's sweeper plus resume, default study names and nested params (see experiments.sweeps.sweeper)."""
 
         def __init__(self, sampler: Any, direction: Any, storage: Any, study_name: str | None, n_trials: int,
                      n_jobs: int, max_failure_rate: float, search_space: DictConfig | None,
                      custom_search_space: str | None, params: DictConfig | None) -> None:
-            from experiments.sweeper import ResumableOptunaSweeperImpl
+            from experiments.sweeps.sweeper import ResumableOptunaSweeperImpl
 
             self.sweeper = ResumableOptunaSweeperImpl(sampler, direction, storage, study_name, n_trials, n_jobs,
                                                       max_failure_rate, search_space, custom_search_space, params)

@@ -1,0 +1,154 @@
+"""``python -m experiments.benchmark [suite=cpu|gpu] [quick=true] [key=value ...]``: is the framework free?
+
+Sections (issue 6): 1 overhead of our training path over a plain PyTorch loop, 2 data path vs training,
+3 start-up of the CLI, 4 memory (the lectures' accounting beside the measured peak), 5 options
+(channels_last, compile, deterministic, mixed precision) against their baseline. Prints a table of
+ratios and writes ``<output_dir>/<timestamp>.json``. Settings live in ``conf/benchmark.yaml`` and take
+Hydra overrides (``sections=[overhead] cpu.rounds=3``).
+
+Only the standard library is imported at module level, so ``--help`` answers at once; torch and
+Lightning are imported when a section runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+USAGE = __doc__.split("\n\n")[0]
+
+
+def parse(argv: list[str]) -> list[str]:
+    parser = argparse.ArgumentParser(
+        prog="python -m experiments.benchmark", description=__doc__.split("\n\n", 1)[1],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="examples:\n  python -m experiments.benchmark\n  python -m experiments.benchmark quick=true\n"
+               "  python -m experiments.benchmark suite=gpu\n  python -m experiments.benchmark sections=[startup]")
+    parser.add_argument("overrides", nargs="*", help="Hydra overrides of conf/benchmark.yaml")
+    return parser.parse_args(argv).overrides
+
+
+def load_config(overrides: list[str]):
+    """``conf/benchmark.yaml`` with overrides; with ``quick=true`` the quick block replaces the suite's."""
+    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
+
+    from experiments.bench.common import CONF
+
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose(config_name="benchmark", overrides=overrides)
+    if cfg.suite not in ("cpu", "gpu"):
+        raise SystemExit(f"benchmark: suite={cfg.suite!r} is not a suite; use suite=cpu or suite=gpu.")
+    suite = cfg[cfg.suite]
+    if cfg.quick:
+        suite = OmegaConf.merge(suite, cfg.quick_settings)
+    return cfg, suite
+
+
+def run(cfg, suite, log=print) -> dict[str, Any]:
+    """Run the chosen sections; returns the results dict that goes into the JSON."""
+    from experiments.bench.training import Case, options, overhead
+
+    gpu = cfg.suite == "gpu"
+    sections = set(cfg.sections)
+    results: dict[str, Any] = {"section_seconds": {}}
+    clock = time.perf_counter()
+
+    def lap(name: str) -> None:  # wall time per section: to keep the default run within ~5 minutes
+        nonlocal clock
+        now = time.perf_counter()
+        results["section_seconds"][name] = round(now - clock, 1)
+        clock = now
+
+    if sections & {"overhead", "data"}:
+        log("overhead" + (" + data path" if "data" in sections else ""))
+        results["overhead"] = []
+        for index, case_cfg in enumerate(suite.overhead):
+            case = Case.from_cfg(case_cfg, gpu=gpu)
+            results["overhead"].append(overhead(
+                case, int(suite.rounds), data_path="data" in sections and index == 0,
+                data_steps=int(suite.data_steps), probe_window=int(suite.probe_window) if index == 0 else 0, log=log))
+            lap(f"overhead/{case.name}")
+    if "startup" in sections:
+        from experiments.bench.startup import startup
+
+        log("start-up")
+        results["startup"] = startup(int(suite.startup.repeats), int(suite.startup.first_step_repeats),
+                                     list(suite.startup.first_step_overrides), log=log)
+        lap("startup")
+    if "memory" in sections:
+        log("memory")
+        results["memory"] = memory_section(suite.memory, gpu)
+        lap("memory")
+    if "options" in sections:
+        log("options")
+        case = Case.from_cfg(suite.options.case, gpu=gpu)
+        names = [n for n in suite.options.names if gpu or n != "fp16_autocast"]
+        results["options"] = options(case, names, int(suite.options.rounds), log=log)
+        lap("options")
+    return results
+
+
+def memory_section(settings, gpu: bool) -> list[dict[str, Any]]:
+    """Accounting + measured peak (one subprocess each), accounting alone, and the GPU's largest batches."""
+    import torch
+
+    from experiments.bench.common import compose_train
+    from experiments.bench.memory import account
+    from experiments.core.locations import REPO_ROOT as REPO
+    from experiments.training.build import build_model, input_shape_of
+
+    out: list[dict[str, Any]] = []
+    for item in settings.measure:
+        args = ["--batch", str(item.batch_size), "--device", "cuda" if gpu else "cpu", *item.overrides]
+        out.append({"name": item.name, **_json_subprocess(["-m", "experiments.bench.memory", *args], REPO)})
+    for item in settings.account_only:
+        cfg = compose_train(list(item.overrides))
+        with torch.device("meta"):
+            model = build_model(cfg.model)
+        out.append({"name": item.name, **account(model, input_shape_of(cfg), int(item.batch_size))})
+    for item in settings.largest_batch:
+        args = ["--largest-batch", "--batch", str(item.batch_size), *item.overrides]
+        out.append({"name": item.name, **_json_subprocess(["-m", "experiments.bench.memory", *args], REPO)})
+    return out
+
+
+def _json_subprocess(args: list[str], cwd: Path) -> dict[str, Any]:
+    import json
+    import subprocess
+
+    result = subprocess.run([sys.executable, *args], cwd=cwd, text=True, capture_output=True, timeout=900)
+    if result.returncode != 0:
+        raise RuntimeError(f"{' '.join(args)} failed:\n{result.stderr[-2000:]}")
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def main(argv: list[str] | None = None) -> int:
+    overrides = parse(sys.argv[1:] if argv is None else argv)
+    cfg, suite = load_config(overrides)
+    import torch
+
+    if cfg.suite == "gpu" and not torch.cuda.is_available():
+        print("benchmark: suite=gpu needs a CUDA GPU and this machine has none; run suite=cpu here.", file=sys.stderr)
+        return 2
+    if suite.get("threads"):
+        torch.set_num_threads(int(suite.threads))
+    from omegaconf import OmegaConf
+
+    from experiments.bench.common import machine_facts
+    from experiments.bench.report import print_table, ratios, write_json
+
+    started = time.time()
+    machine = machine_facts()
+    results = run(cfg, suite)
+    payload = {"suite": cfg.suite, "quick": bool(cfg.quick), "command": " ".join(["python -m experiments.benchmark",
+               *overrides]), "machine": machine, "seconds": round(time.time() - started, 1),
+               "ratios": ratios(results), "results": results,
+               "settings": OmegaConf.to_container(suite, resolve=True)}
+    print_table(results, machine)
+    path = write_json(Path(cfg.output_dir), payload)
+    print(f"written: {path}  ({payload['seconds']:.0f} s)")
+    return 0

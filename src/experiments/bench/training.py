@@ -1,0 +1,356 @@
+"""Training throughput: our full training path against a plain PyTorch loop, the data path, options.
+
+"Ours" is the pipeline itself: the datamodule, the ClassificationModule and the Trainer (default
+loggers and callbacks) come from :mod:`experiments.training.build` and :func:`experiments.training.build.build_trainer`,
+and a :class:`~experiments.bench.callbacks.StepTimer` enters through ``+callbacks`` like any callback.
+"Plain" is the loop a user would write by hand around the same model, data, batch size, optimizer,
+schedule and batched augmentation. Both time the same window: from the moment batch ``warmup`` is
+fetched and augmented to the end of the last optimizer step, so the warm-up is excluded alike.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import math
+import shutil
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from experiments.bench.common import (
+    compose_train,
+    interleave,
+    median,
+    quiet_lightning,
+    ratio,
+    ratio_of_medians,
+)
+
+
+@dataclass
+class Case:
+    """One model/data/batch combination, as written in ``conf/benchmark.yaml``."""
+
+    name: str
+    overrides: list[str]
+    batch_size: int = 128
+    warmup: int = 10
+    steps: int = 50
+    fallback: list[str] = field(default_factory=list)  # used when the dataset's files are missing
+    precision: str = "32-true"
+    channels_last: bool = False
+    gpu: bool = False
+
+    @classmethod
+    def from_cfg(cls, cfg: Any, gpu: bool = False) -> Case:
+        from omegaconf import OmegaConf
+
+        plain = OmegaConf.to_container(cfg, resolve=True) if not isinstance(cfg, dict) else dict(cfg)
+        return cls(**{**plain, "gpu": gpu})
+
+    @property
+    def total_steps(self) -> int:
+        return self.warmup + self.steps
+
+
+# --- shared pieces --------------------------------------------------------------------------------
+def to_channels_last(model: nn.Module) -> nn.Module:
+    """Weights and every input in ``torch.channels_last`` (NHWC): what ``model.channels_last=true`` means.
+
+    A forward pre-hook converts the input, so the datamodule and the LightningModule need no change.
+    """
+    model.to(memory_format=torch.channels_last)
+
+    def convert(_module: nn.Module, args: tuple) -> tuple:
+        if args and isinstance(args[0], torch.Tensor) and args[0].ndim == 4:
+            return (args[0].contiguous(memory_format=torch.channels_last), *args[1:])
+        return args
+
+    model.register_forward_pre_hook(convert)
+    return model
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def prepare(case: Case) -> tuple[Any, Any, list[str]]:
+    """Compose the case's config and build its datamodule once (shared by every round and contender).
+
+    Returns (cfg, datamodule, overrides actually used): the fallback overrides replace the case's
+    when its dataset's files are not on this machine, and the JSON says so.
+    """
+    from experiments.training.build import build_datamodule
+
+    overrides = list(case.overrides)
+    try:
+        cfg = compose_train(_run_overrides(case, overrides))
+        datamodule = build_datamodule(cfg)
+        datamodule.setup("fit")
+    except ValueError:  # DataConfigError: the files are missing here
+        if not case.fallback:
+            raise
+        overrides = [*overrides, *case.fallback]
+        cfg = compose_train(_run_overrides(case, overrides))
+        datamodule = build_datamodule(cfg)
+        datamodule.setup("fit")
+    if len(datamodule.train_set) < (case.total_steps + 2) * case.batch_size:
+        raise ValueError(f"benchmark case {case.name}: {len(datamodule.train_set)} training images are fewer than "
+                         f"{case.total_steps + 2} batches of {case.batch_size}; raise data.num_train")
+    return cfg, datamodule, overrides
+
+
+def _run_overrides(case: Case, overrides: Sequence[str]) -> list[str]:
+    extra = [f"data.batch_size={case.batch_size}", f"trainer.precision={case.precision}", "resume=false"]
+    if case.gpu:
+        extra += ["trainer=gpu", "data.device_resident=true"]
+    joined = " ".join(overrides)
+    if "data=synthetic" in joined and "data.num_train=" not in joined:
+        extra.append(f"data.num_train={(case.total_steps + 4) * case.batch_size + 128}")
+    return [*overrides, *extra]
+
+
+# --- ours -----------------------------------------------------------------------------------------
+def ours_once(case: Case, overrides: Sequence[str], datamodule, probe_window: int = 0) -> dict[str, Any]:
+    """One fit of the real pipeline for ``case.total_steps`` steps; images/s over the timed window.
+
+    With ``probe_window`` > 0 the run is not timed but probed: host reads of tensor values per step.
+    """
+    import pytorch_lightning as pl
+
+    from experiments.bench.callbacks import StepTimer, SyncProbe
+    from experiments.training.build import build_module, build_trainer
+
+    run_dir = tempfile.mkdtemp(prefix="bench-run-")
+    total = case.warmup + (probe_window or case.steps)
+    extra = [f"paths.run_dir={run_dir}", f"trainer.max_steps={total}", "quiet=false"]
+    if probe_window:
+        extra += ["+callbacks.bench_probe._target_=experiments.bench.callbacks.SyncProbe",
+                  f"+callbacks.bench_probe.start_step={case.warmup}", f"+callbacks.bench_probe.window={probe_window}"]
+    else:
+        extra += ["+callbacks.bench_timer._target_=experiments.bench.callbacks.StepTimer",
+                  f"+callbacks.bench_timer.start_step={case.warmup}"]
+    try:
+        with quiet_lightning():
+            cfg = compose_train([*_run_overrides(case, overrides), *extra])
+            pl.seed_everything(int(cfg.seed), workers=True, verbose=False)
+            module = build_module(cfg)
+            if case.channels_last:
+                to_channels_last(module.model)
+            # A StringIO stdout is no terminal: no progress bar, as in a log file or CI (quiet=false keeps
+            # the per-epoch line; the Rich bar of an interactive terminal is a display, not the default).
+            with contextlib.redirect_stdout(io.StringIO()):  # also keeps the model summary out of the table
+                trainer = build_trainer(cfg)
+                trainer.fit(module, datamodule=datamodule)
+        if probe_window:
+            probe = next(c for c in trainer.callbacks if isinstance(c, SyncProbe))
+            return probe.report()
+        timer = next(c for c in trainer.callbacks if isinstance(c, StepTimer))
+        return {"images_per_s": timer.steps * case.batch_size / timer.seconds, "steps": timer.steps}
+    finally:
+        shutil.rmtree(run_dir, ignore_errors=True)
+
+
+# --- plain ----------------------------------------------------------------------------------------
+@dataclass
+class Options:
+    """What a plain-loop contender changes against the baseline."""
+
+    channels_last: bool = False
+    autocast: str | None = None  # "bf16" or "fp16"
+    deterministic: bool = False
+    compile: bool = False
+
+
+class PlainLoop:
+    """The hand-written loop: same model, data, optimizer, schedule, loss and batched augmentation."""
+
+    def __init__(self, cfg, datamodule, device: torch.device, options: Options | None = None) -> None:
+        from experiments.training.build import build_model, input_shape_of
+        from experiments.training.optim import build_optimizer, build_scheduler
+
+        self.options = options or Options()
+        self.datamodule, self.device = datamodule, device
+        torch.manual_seed(int(cfg.seed))
+        self.model = build_model(cfg.model, input_shape_of(cfg)).to(device).train()
+        if self.options.channels_last:
+            to_channels_last(self.model)
+        self.optimizer = build_optimizer(cfg.optimizer, self.model)
+        self.scheduler = None
+        if cfg.get("scheduler") is not None and cfg.scheduler.get("_target_"):
+            per_epoch = len(datamodule.train_dataloader())
+            spec = build_scheduler(cfg.scheduler, self.optimizer, per_epoch * int(cfg.trainer.max_epochs), per_epoch)
+            if spec is not None and spec.get("interval") == "step":
+                self.scheduler = spec["scheduler"]
+        self.label_smoothing = float((cfg.get("module") or {}).get("label_smoothing", 0.0))
+        self.scaler = torch.amp.GradScaler(device.type) if self.options.autocast == "fp16" else None
+        self.compile_seconds: float | None = None
+        if self.options.compile:
+            self.model.compile()
+
+    def _batches(self):
+        return cycle_batches(self.datamodule)
+
+    def _step(self, images: torch.Tensor, labels: torch.Tensor) -> None:
+        dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.options.autocast or "")
+        with torch.autocast(self.device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
+            out = self.model(images)
+            logits = out[0] if isinstance(out, (tuple, list)) else out
+            loss = F.cross_entropy(logits, labels, label_smoothing=self.label_smoothing)
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.scaler is not None:
+            self.scaler.scale(loss).backward()
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            loss.backward()
+            self.optimizer.step()
+        if self.scheduler is not None:
+            self.scheduler.step()
+
+    def run(self, warmup: int, steps: int) -> float:
+        """Images/s over ``steps`` steps after ``warmup`` untimed ones (the first compiled step is timed apart)."""
+        with _deterministic(self.options.deterministic):
+            batches = self._batches()
+            started, count = 0.0, 0
+            for index in range(warmup + steps):
+                images, labels = next(batches)
+                images = images.to(self.device, non_blocking=True)
+                labels = labels.to(self.device, non_blocking=True)
+                images = self.datamodule.transform_batch(images, train=True)
+                if index == warmup:
+                    _sync(self.device)
+                    started = time.perf_counter()
+                first = self.options.compile and self.compile_seconds is None
+                if first:
+                    _sync(self.device)
+                    begun = time.perf_counter()
+                self._step(images, labels)
+                if first:
+                    _sync(self.device)
+                    self.compile_seconds = time.perf_counter() - begun
+                count += images.shape[0] if index >= warmup else 0
+            _sync(self.device)
+            return count / (time.perf_counter() - started)
+
+
+def cycle_batches(datamodule):
+    """Training batches without end: a run may need more batches than one epoch holds."""
+    while True:
+        yield from datamodule.train_dataloader()
+
+
+@contextlib.contextmanager
+def _deterministic(enabled: bool):
+    """``torch.use_deterministic_algorithms`` for the duration of one run, then the previous setting."""
+    if not enabled:
+        yield
+        return
+    before = torch.are_deterministic_algorithms_enabled()
+    cudnn = (torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark)
+    torch.use_deterministic_algorithms(True)
+    torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = True, False
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(before)
+        torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = cudnn
+
+
+def data_path_once(datamodule, device: torch.device, warmup: int, steps: int) -> float:
+    """Images/s of the data path alone: loader + transfer + batched augmentation, no model."""
+    batches = cycle_batches(datamodule)
+    started, count = 0.0, 0
+    for index in range(warmup + steps):
+        if index == warmup:
+            _sync(device)
+            started = time.perf_counter()
+        images, labels = next(batches)
+        images = datamodule.transform_batch(images.to(device, non_blocking=True), train=True)
+        labels = labels.to(device, non_blocking=True)
+        count += images.shape[0] if index >= warmup else 0
+    _sync(device)
+    return count / (time.perf_counter() - started)
+
+
+# --- sections -------------------------------------------------------------------------------------
+def device_of(case: Case) -> torch.device:
+    return torch.device("cuda" if case.gpu else "cpu")
+
+
+def overhead(case: Case, rounds: int, data_path: bool = False, data_steps: int = 400,
+             probe_window: int = 0, log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Section 1 (and 2 when ``data_path``): ours vs plain, optionally the data path alone, interleaved."""
+    cfg, datamodule, used = prepare(case)
+    device = device_of(case)
+    autocast = {"bf16-mixed": "bf16", "16-mixed": "fp16"}.get(case.precision)
+    plain_options = Options(channels_last=case.channels_last, autocast=autocast)
+    contenders: dict[str, Callable[[], float]] = {
+        "ours": lambda: ours_once(case, used, datamodule)["images_per_s"],
+        "plain": lambda: PlainLoop(cfg, datamodule, device, plain_options).run(case.warmup, case.steps),
+    }
+    if data_path:
+        contenders["data"] = lambda: data_path_once(datamodule, device, min(case.warmup, 5), data_steps)
+    log(f"  {case.name}: {rounds} rounds of {', '.join(contenders)} ({case.warmup}+{case.steps} steps, "
+        f"batch {case.batch_size})")
+    samples = interleave(contenders, rounds)
+    result: dict[str, Any] = {
+        "case": case.name, "overrides": used, "batch_size": case.batch_size, "warmup": case.warmup,
+        "steps": case.steps, "precision": case.precision, "channels_last": case.channels_last,
+        "device": device.type, "rounds": rounds, "samples_images_per_s": samples,
+        "ours_images_per_s": median(samples["ours"]), "plain_images_per_s": median(samples["plain"]),
+        "ratio_ours_over_plain": ratio(samples["ours"], samples["plain"]),
+        "ratio_of_medians_ours_over_plain": ratio_of_medians(samples["ours"], samples["plain"]),
+    }
+    if data_path:
+        result["data_images_per_s"] = median(samples["data"])
+        result["ratio_data_over_ours_training"] = ratio(samples["data"], samples["ours"])
+    if probe_window:
+        result["sync_probe"] = ours_once(case, used, datamodule, probe_window=probe_window)
+    return result
+
+
+OPTION_SETS: dict[str, Options] = {
+    "channels_last": Options(channels_last=True),
+    "compile": Options(compile=True),
+    "deterministic": Options(deterministic=True),
+    "bf16_autocast": Options(autocast="bf16"),
+    "fp16_autocast": Options(autocast="fp16"),
+}
+
+
+def options(case: Case, names: Sequence[str], rounds: int, log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Section 5: each option against the fp32 NCHW baseline, plain loop, all contenders interleaved.
+
+    Every contender keeps its model across rounds (a compiled model compiles once); its compile time
+    is the first step's time, reported apart and never part of the throughput.
+    """
+    cfg, datamodule, used = prepare(case)
+    device = device_of(case)
+    loops = {"baseline": PlainLoop(cfg, datamodule, device)}
+    for name in names:
+        loops[name] = PlainLoop(cfg, datamodule, device, OPTION_SETS[name])
+    log(f"  options on {case.name}: {rounds} rounds of {', '.join(loops)} ({case.warmup}+{case.steps} steps)")
+    samples = interleave({name: (lambda loop=loop: loop.run(case.warmup, case.steps)) for name, loop in loops.items()},
+                         rounds)
+    rows = {}
+    for name in names:
+        rows[name] = {"images_per_s": median(samples[name]),
+                      "ratio_over_baseline": ratio(samples[name], samples["baseline"])}
+        if loops[name].compile_seconds is not None:
+            rows[name]["compile_seconds"] = loops[name].compile_seconds
+    return {"case": case.name, "overrides": used, "batch_size": case.batch_size, "device": device.type,
+            "rounds": rounds, "baseline_images_per_s": median(samples["baseline"]), "options": rows,
+            "samples_images_per_s": samples}
+
+
+def finite_positive(value: float) -> bool:
+    return isinstance(value, (int, float)) and math.isfinite(value) and value > 0

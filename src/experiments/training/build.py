@@ -1,0 +1,159 @@
+"""Turn the composed config into objects: model, datamodule, trainer. The only place that calls ``instantiate``.
+
+Hydra's ``_target_`` is the registry; this module adds what Hydra cannot know: metadata keys that are
+not constructor arguments, and a probe forward pass that turns a too-small input into a readable error
+instead of a shape error deep inside torch.
+"""
+
+from __future__ import annotations
+
+from omegaconf import DictConfig, OmegaConf
+
+from experiments.core.errors import UserError, instantiate_or_explain
+
+# Keys in a model config that describe the model (paper figures) or tell the framework how to run it
+# (memory format), rather than build it.
+MODEL_METADATA_KEYS = ("paper", "channels_last")
+
+
+def constructor_config(cfg: DictConfig, drop: tuple[str, ...]) -> DictConfig:
+    """A copy of ``cfg`` without the metadata keys, with every interpolation resolved."""
+    plain = OmegaConf.to_container(cfg, resolve=True)
+    for key in drop:
+        plain.pop(key, None)
+    return OmegaConf.create(plain)
+
+
+def build_model(model_cfg: DictConfig, input_shape: tuple[int, int, int] | None = None):
+    """Instantiate the model of ``model_cfg``; with ``input_shape`` (C, H, W), check it can take it."""
+    model = instantiate_or_explain(constructor_config(model_cfg, MODEL_METADATA_KEYS), "model")
+    if input_shape is not None:
+        check_model_accepts(model, input_shape, model_cfg.get("_target_", "?"))
+    return model
+
+
+def check_model_accepts(model, input_shape: tuple[int, int, int], name: str) -> None:
+    """Run a 2-image zero batch through ``model`` in eval mode; explain a failure as a user error."""
+    import torch
+
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            model(torch.zeros(2, *input_shape))
+    except RuntimeError as error:
+        channels, height, width = input_shape
+        detail = " ".join(str(error).split())[:300]
+        raise UserError(
+            "data.image_size", height,
+            f"model {name} cannot take a {channels}x{height}x{width} input (its spatial size collapses or "
+            f"its layers do not fit: {detail}).",
+            "Set data.image_size to the model's native input size (see python -m experiments.summary "
+            "model=<name>), or choose a model made for small images.",
+        ) from None
+    finally:
+        model.train(was_training)
+
+
+def profile_of(cfg: DictConfig) -> dict:
+    """Params and multiply-adds of the configured model, counted on the meta device (no memory, no time)."""
+    import torch
+
+    from experiments.training import finetune
+    from models.profile import compare_with_paper, profile_model
+
+    with torch.device("meta"):
+        model = build_model(cfg.model)
+        if finetune.is_active(cfg):  # a from_layer cut changes the network
+            model = finetune.apply_transfer(model, cfg, input_shape_of(cfg), int(cfg.data.num_classes)).model
+    profile = profile_model(model, input_shape_of(cfg))
+    profile["paper"] = compare_with_paper(profile, cfg.model.get("paper"))
+    return profile
+
+
+def count_parameters(model) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def build_datamodule(cfg: DictConfig):
+    """Instantiate ``cfg.data``; fill ``data.num_classes`` in the config when the dataset infers it."""
+    datamodule = instantiate_or_explain(cfg.data, "data")
+    if cfg.data.get("num_classes") is None:
+        cfg.data.num_classes = int(datamodule.num_classes)
+    return datamodule
+
+
+def input_shape_of(cfg: DictConfig) -> tuple[int, int, int]:
+    return int(cfg.data.in_channels), int(cfg.data.image_size), int(cfg.data.image_size)
+
+
+def build_module(cfg: DictConfig):
+    """The model inside a :class:`ClassificationModule`, ready for a Trainer.
+
+    With ``finetune.from`` set, the model is the transfer model of ``finetune.strategy`` (cut, frozen,
+    per-group learning rates: :func:`experiments.training.finetune.apply_transfer`), built from the config alone;
+    the source weights are loaded by the training pipeline only (``module.transfer`` says how), so a
+    fine-tuned run's own checkpoint loads into exactly this architecture.
+    """
+    from experiments.training import finetune
+    from experiments.training.module import ClassificationModule
+
+    model = build_model(cfg.model, input_shape_of(cfg))
+    transfer = None
+    if finetune.is_active(cfg):
+        transfer = finetune.apply_transfer(model, cfg, input_shape_of(cfg), int(cfg.data.num_classes))
+        model = transfer.model
+    if cfg.model.get("channels_last"):
+        import torch
+
+        model = model.to(memory_format=torch.channels_last)
+    if cfg.get("compile"):
+        model.compile()  # in place: state_dict keys stay those of the plain model
+    module_cfg = cfg.get("module") or {}
+    scheduler = cfg.get("scheduler")
+    return ClassificationModule(
+        model=model,
+        num_classes=int(cfg.data.num_classes),
+        optimizer=cfg.optimizer,
+        scheduler=scheduler if scheduler is not None and scheduler.get("_target_") else None,
+        label_smoothing=module_cfg.get("label_smoothing", 0.0),
+        aux_loss_weights=module_cfg.get("aux_loss_weights", (0.3, 0.3)),
+        channels_last=bool(cfg.model.get("channels_last", False)),
+        lr_scales=transfer.lr_scales if transfer is not None else None,
+        transfer=transfer,
+        # (not for a compiled model: the summary's forward would compile it for a shape training never uses)
+        example_input_shape=None if cfg.get("compile") else input_shape_of(cfg),
+    )
+
+
+def build_trainer(cfg: DictConfig, keep_through_epoch: int | None = None):
+    """The Trainer with the configured callbacks and loggers, plus the ones every run needs: the per-epoch
+    seed (resumable augmentation) and the save-on-interrupt checkpoint. ``keep_through_epoch`` makes the
+    CSV logger keep a resumed run's rows up to that epoch."""
+    import sys
+
+    from hydra.utils import instantiate
+    from pytorch_lightning.callbacks import RichProgressBar
+
+    from callbacks.epoch_seed import EpochSeed
+    from experiments.core import runs
+    from experiments.training.interrupts import SaveOnInterrupt
+
+    callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None]
+    callbacks.append(EpochSeed(int(cfg.seed)))
+    callbacks.append(SaveOnInterrupt(runs.RunFolder(cfg.paths.run_dir).last_checkpoint))
+    quiet = bool(cfg.get("quiet"))
+    if quiet:
+        callbacks = [c for c in callbacks if type(c).__name__ != "EpochLine"]
+    interactive = sys.stdout.isatty() and not quiet
+    if interactive:
+        callbacks.append(RichProgressBar(leave=False))
+    loggers = []
+    for name, logger_cfg in (cfg.get("logger") or {}).items():
+        if logger_cfg is None:
+            continue
+        extra = {"keep_through_epoch": keep_through_epoch} if name == "csv" else {}
+        loggers.append(instantiate(logger_cfg, **extra))
+    return instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False,
+                       enable_progress_bar=interactive, enable_model_summary=not quiet,
+                       default_root_dir=cfg.paths.run_dir)

@@ -1,0 +1,283 @@
+"""The training job behind ``experiments.train``: config -> objects -> Trainer -> run folder.
+
+Order matters for the user: everything that can be wrong with the config is checked (and the data,
+model and input size built) before the run folder gets anything beyond Hydra's own record, and a
+run that fails that early leaves no folder behind.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from experiments.core import runs
+from experiments.core.errors import UserError
+from experiments.training.validation import validate
+
+
+def _is_launcher_process() -> bool:
+    """False in the extra processes that Lightning's DDP launcher starts (they re-run this job)."""
+    return os.environ.get("LOCAL_RANK", "0") == "0" and os.environ.get("NODE_RANK", "0") == "0"
+
+
+def _resume_target(cfg: DictConfig, fresh_dir: Path) -> Path | None:
+    resume = cfg.get("resume", False)
+    if resume is False or resume == "false":
+        return None
+    if resume is True or resume == "true":
+        from hydra.core.hydra_config import HydraConfig
+
+        return runs.find_resumable(Path(cfg.paths.output_root), list(HydraConfig.get().overrides.task), fresh_dir)
+    run_dir, _ = runs.run_folder_of(resume, key="resume")
+    return run_dir
+
+
+def train(cfg: DictConfig) -> float:
+    from experiments.core.console import silence_harmless_warnings
+
+    silence_harmless_warnings()
+    started = time.time()
+    fresh_dir = Path(cfg.paths.run_dir)
+    try:
+        validate(cfg)
+        resume_dir = _resume_target(cfg, fresh_dir)
+        if resume_dir is not None and _is_launcher_process() and resume_dir.resolve() != fresh_dir.resolve():
+            _adopt_resumed_config(cfg, resume_dir)
+        # Fine-tuning: the source run's architecture goes into cfg.model (and so into config.yaml) now;
+        # a resumed run already has it in its own config, and its weights in last.ckpt.
+        from experiments.training import finetune
+
+        source = finetune.adopt_source_model(cfg) if resume_dir is None else None
+        prepared = _prepare(cfg, resume_dir, source)
+    except Exception:
+        if _is_launcher_process():
+            _remove_unused_run_folder(fresh_dir)
+        raise
+    if resume_dir is not None and _is_launcher_process() and resume_dir.resolve() != fresh_dir.resolve():
+        _remove_unused_run_folder(fresh_dir)
+    return _fit_and_test(cfg, started, **prepared)
+
+
+def _adopt_resumed_config(cfg: DictConfig, resume_dir: Path) -> None:
+    """Resume with the run's own config (its paths point at its folder), keeping this call's quiet flag."""
+    saved = runs.load_run_config(resume_dir)
+    quiet = cfg.get("quiet", False)
+    for key in list(cfg.keys()):
+        if key in saved:
+            cfg[key] = saved[key]
+    cfg.resume = str(resume_dir)
+    cfg.quiet = quiet
+    cfg.paths.run_dir = str(resume_dir)
+
+
+def _remove_unused_run_folder(folder: Path) -> None:
+    """Remove the folder Hydra made for this call when nothing of a run went into it."""
+    if not folder.is_dir():
+        return
+    leftovers = {p.name for p in folder.iterdir()} - {".hydra", "train.log"}
+    if not leftovers:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def _prepare(cfg: DictConfig, resume_dir: Path | None, source=None) -> dict[str, Any]:
+    """Data, module (fine-tuning: with the weights of ``source``), checks; nothing is written yet."""
+    import pytorch_lightning as pl
+
+    from experiments.training import finetune
+    from experiments.training.build import build_datamodule, build_module, profile_of
+
+    pl.seed_everything(int(cfg.seed), workers=True, verbose=False)
+    datamodule = build_datamodule(cfg)
+    datamodule.setup(None)  # read every split now: a missing or corrupt file fails before the run starts
+    module = build_module(cfg)
+    transferred = None
+    if module.transfer is not None and resume_dir is None:
+        transferred = finetune.load_source_weights(module.transfer, cfg, source)
+    _check_optimization(cfg, module, datamodule)
+    profile = profile_of(cfg)
+    run_dir = Path(cfg.paths.run_dir)
+    ckpt_path = None
+    keep_through_epoch = None
+    if resume_dir is not None:
+        last = runs.RunFolder(resume_dir).last_checkpoint
+        if not last.is_file():
+            raise UserError("resume", str(resume_dir), f"has no {runs.CHECKPOINT_DIR}/{runs.LAST_CHECKPOINT} "
+                            "(it stopped before its first epoch ended).", "Start a fresh run instead.")
+        checkpoint = runs.load_checkpoint(last)
+        runs.load_model_weights(module, checkpoint, last)  # a clear error if the architecture changed
+        ckpt_path, keep_through_epoch = str(last), int(checkpoint.get("epoch", 0))
+    if _is_launcher_process():
+        runs.check_writable(run_dir)
+    return {"datamodule": datamodule, "module": module, "ckpt_path": ckpt_path,
+            "keep_through_epoch": keep_through_epoch, "profile": profile, "transferred": transferred}
+
+
+def _check_optimization(cfg: DictConfig, module, datamodule) -> None:
+    """Build the optimizer and schedule once on the side, so their mistakes surface before training."""
+    from experiments.training.optim import build_optimizer, build_scheduler
+
+    batches = math.ceil(len(datamodule.train_dataloader()) / max(1, int(cfg.trainer.get("accumulate_grad_batches") or 1)))
+    epochs = int(cfg.trainer.get("max_epochs") or 1)
+    max_steps = int(cfg.trainer.get("max_steps") or -1)
+    total = max_steps if max_steps > 0 else max(1, epochs) * batches
+    optimizer = build_optimizer(cfg.optimizer, module.model, module.lr_scales)  # thrown away: Lightning builds its own
+    if cfg.get("scheduler") is not None and cfg.scheduler.get("_target_"):
+        build_scheduler(cfg.scheduler, optimizer, total, batches)
+
+
+def _fit_and_test(cfg: DictConfig, started: float, datamodule, module, ckpt_path, keep_through_epoch,
+                  profile: dict, transferred: dict | None = None) -> float:
+    from pytorch_lightning.utilities import rank_zero_info
+
+    from experiments.training.build import build_trainer, count_parameters, input_shape_of
+
+    run_dir = Path(cfg.paths.run_dir)
+    trainer = build_trainer(cfg, keep_through_epoch)
+    if trainer.is_global_zero and _is_launcher_process():
+        runs.RunFolder(run_dir).config_file.write_text(OmegaConf.to_yaml(cfg, resolve=True))
+        _write_summary(cfg, run_dir, status="running", started=started, metrics={},
+                       params=count_parameters(module.model), input_shape=input_shape_of(cfg), profile=profile,
+                       transferred=transferred)
+    try:
+        trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=False)
+    except BaseException as error:
+        _report_interruption(cfg, run_dir, trainer, module, started, error)
+        raise
+    interrupted = trainer.interrupted
+    fit_metrics = _scalars(trainer.callback_metrics)
+    test_metrics: dict[str, float] = {}
+    if not interrupted and not trainer.fast_dev_run:
+        best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
+        results = trainer.test(module, datamodule=datamodule, ckpt_path=best or None, verbose=False)
+        test_metrics = {k: float(v) for k, v in (results[0] if results else {}).items()}
+    elif trainer.fast_dev_run:
+        results = trainer.test(module, datamodule=datamodule, verbose=False)
+        test_metrics = {k: float(v) for k, v in (results[0] if results else {}).items()}
+    metrics = {**fit_metrics, **test_metrics}
+    diverged = (run_dir / "diagnostics" / "nonfinite_stop.json").is_file()
+    if trainer.is_global_zero:
+        status = "interrupted" if interrupted else "diverged" if diverged else "finished"
+        _write_summary(cfg, run_dir, status=status, started=started, metrics=metrics,
+                       params=count_parameters(module.model), input_shape=input_shape_of(cfg),
+                       epochs=trainer.current_epoch, steps=trainer.global_step)
+        if not cfg.get("quiet"):
+            _print_result(cfg, run_dir, metrics, status)
+        else:
+            rank_zero_info(f"run folder: {run_dir}")
+    _finish_wandb(trainer)
+    if diverged:
+        return math.nan  # a sweep must not rank a diverged trial by the epochs before it blew up
+    value = metrics.get(str(cfg.get("optimized_metric", "val/err_best")), math.nan)
+    return float(value)
+
+
+def _finish_wandb(trainer) -> None:
+    """Close the W&B run so the next job of a multirun starts its own (W&B keeps one per process)."""
+    from pytorch_lightning.loggers import WandbLogger
+
+    if any(isinstance(logger, WandbLogger) for logger in trainer.loggers):
+        import wandb
+
+        wandb.finish()
+
+
+def _report_interruption(cfg: DictConfig, run_dir: Path, trainer, module, started: float,
+                         error: BaseException) -> None:
+    """After Ctrl-C or SIGTERM: record the run as interrupted, say how to resume, exit 130/143."""
+    from experiments.training.build import count_parameters, input_shape_of
+    from experiments.training.interrupts import SaveOnInterrupt
+
+    saver = next((c for c in trainer.callbacks if isinstance(c, SaveOnInterrupt)), None)
+    if saver is None or saver.signal_name is None:
+        return  # a real error: let it propagate
+    if trainer.is_global_zero and _is_launcher_process():
+        _write_summary(cfg, run_dir, status="interrupted", started=started,
+                       metrics=_scalars(trainer.callback_metrics), params=count_parameters(module.model),
+                       input_shape=input_shape_of(cfg), epochs=trainer.current_epoch, steps=trainer.global_step)
+        saved = saver.checkpoint_path if saver.checkpoint_path.is_file() else None
+        print(f"\nInterrupted by {saver.signal_name} at epoch {trainer.current_epoch}, step {trainer.global_step}; "
+              + (f"state saved to {saved}." if saved else "nothing to save yet.")
+              + f"\nContinue with: python -m experiments.train resume={run_dir}", file=sys.stderr, flush=True)
+    raise SystemExit(130 if saver.signal_name == "SIGINT" else 143) from None
+
+
+def _scalars(metrics: dict) -> dict[str, float]:
+    out = {}
+    for key, value in metrics.items():
+        try:
+            out[key] = float(value)
+        except (TypeError, ValueError):
+            continue
+    return out
+
+
+def _write_summary(cfg: DictConfig, run_dir: Path, status: str, started: float, metrics: dict[str, float],
+                   params: int, input_shape: tuple[int, int, int], epochs: int | None = None,
+                   steps: int | None = None, profile: dict | None = None, transferred: dict | None = None) -> None:
+    from hydra.core.hydra_config import HydraConfig
+
+    folder = runs.RunFolder(run_dir)
+    previous = folder.summary()
+    transferred = transferred or previous.get("finetune")
+    overrides = list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
+    wall = time.time() - started + (previous.get("wall_time_s", 0.0) if previous.get("status") != "running" else 0.0)
+    summary = {
+        **previous,
+        "status": status,
+        "run_dir": str(run_dir),
+        "model": OmegaConf.select(cfg, "model._target_"),
+        # A fine-tuned run has its source run's architecture, whatever the `model` option said.
+        "model_name": (transferred or {}).get("source_model") or _choice("model"),
+        "data": _choice("data"),
+        "params": params,
+        "macs": (profile or {}).get("macs", previous.get("macs")),
+        "paper_comparison": (profile or {}).get("paper", previous.get("paper_comparison")),
+        "input_shape": list(input_shape),
+        "seed": int(cfg.seed),
+        "metrics": metrics,
+        "best_val_err": metrics.get("val/err_best", previous.get("best_val_err")),
+        "test_acc": metrics.get("test/acc", previous.get("test_acc")),
+        "test_err": metrics.get("test/err", previous.get("test_err")),
+        "epochs": epochs,
+        "steps": steps,
+        "wall_time_s": round(wall, 2),
+        "git_commit": runs.git_commit(),
+        "versions": dict(runs.package_versions()),
+        "command": " ".join(["python -m experiments.train", *overrides]),
+    }
+    if transferred:
+        summary["finetune"] = transferred
+    runs.write_json_atomic(folder.summary_file, summary)
+
+
+def _choice(group: str) -> str | None:
+    from hydra.core.hydra_config import HydraConfig
+
+    if not HydraConfig.initialized():
+        return None
+    return HydraConfig.get().runtime.choices.get(group)
+
+
+def _print_result(cfg: DictConfig, run_dir: Path, metrics: dict[str, float], status: str) -> None:
+    lines = []
+    if "test/acc" in metrics:
+        lines.append(f"test accuracy: {metrics['test/acc']:.2f}%  (test error {metrics['test/err']:.2f}%, "
+                     f"best val error {metrics.get('val/err_best', math.nan):.2f}%)")
+    if status == "diverged":
+        lines.append(f"the loss became non-finite: see {run_dir / 'diagnostics' / 'nonfinite_stop.json'}")
+    if status == "interrupted":
+        lines.append(f"interrupted; continue with: python -m experiments.train resume={run_dir}")
+    lines.append(f"run folder: {run_dir}")
+    loggers = set((cfg.get("logger") or {}).keys())
+    if "tensorboard" in loggers:
+        lines.append(f"dashboard: tensorboard --logdir {run_dir / 'tensorboard'}")
+    if "wandb" in loggers:
+        lines.append(f"W&B: see {run_dir / 'wandb'} (offline runs: wandb sync {run_dir}/wandb/offline-run-*)")
+    print("\n".join(lines), flush=True)

@@ -1,0 +1,76 @@
+"""Checks of the composed config that catch a mistake before anything is built or written.
+
+Models and datasets check their own arguments; this covers the keys that belong to no constructor
+of ours (optimizer, trainer, module) and that torch would otherwise reject deep inside a run.
+"""
+
+from __future__ import annotations
+
+from numbers import Real
+
+from omegaconf import DictConfig, OmegaConf
+
+from experiments.core.errors import UserError
+
+PRECISIONS = ("32-true", "32", "64-true", "64", "bf16-mixed", "16-mixed", "bf16-true", "16-true", "transformer-engine")
+
+
+_ABSENT = object()
+
+
+def _value(cfg: DictConfig, key: str):
+    return OmegaConf.select(cfg, key, default=_ABSENT)
+
+
+def _number(cfg: DictConfig, key: str, low: float | None = None, high: float | None = None,
+            low_inclusive: bool = True, fix: str = "") -> None:
+    value = _value(cfg, key)
+    if value is _ABSENT or value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, Real):
+        raise UserError(key, value, "must be a number.", fix)
+    if low is not None and (value < low or (value == low and not low_inclusive)):
+        bound = f">= {low}" if low_inclusive else f"> {low}"
+        raise UserError(key, value, f"must be {bound}.", fix)
+    if high is not None and value >= high:
+        raise UserError(key, value, f"must be below {high}.", fix)
+
+
+def _integer(cfg: DictConfig, key: str, low: int, fix: str) -> None:
+    value = _value(cfg, key)
+    if value is _ABSENT or value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        raise UserError(key, value, f"must be an integer >= {low}.", fix)
+
+
+def validate(cfg: DictConfig) -> None:
+    _number(cfg, "optimizer.lr", 0, low_inclusive=False, fix="Set a positive learning rate, e.g. optimizer.lr=0.1.")
+    _number(cfg, "optimizer.weight_decay", 0, fix="Use 0 to disable weight decay, or e.g. 1e-4.")
+    _number(cfg, "optimizer.momentum", 0, 1, fix="Use a momentum in [0, 1), e.g. 0.9.")
+    _number(cfg, "module.label_smoothing", 0, 1, fix="Use a value in [0, 1), e.g. 0.1.")
+    _number(cfg, "model.dropout", 0, 1, fix="Use a dropout probability in [0, 1), e.g. 0.5.")
+    _integer(cfg, "data.batch_size", 1, "Use a positive batch size, e.g. data.batch_size=128.")
+    _integer(cfg, "seed", 0, "Use a non-negative integer seed, e.g. seed=42.")
+    _integer(cfg, "trainer.max_epochs", -1, "Use a positive number of epochs, or -1 with trainer.max_steps.")
+    _integer(cfg, "trainer.max_steps", -1, "Use a positive number of steps, or -1 to train by epochs.")
+    trainer = cfg.get("trainer") or {}
+    if trainer.get("max_epochs") == 0 or (trainer.get("max_epochs") in (-1, None) and trainer.get("max_steps", -1) in (-1, None)
+                                         and not trainer.get("fast_dev_run")):
+        raise UserError("trainer.max_epochs", trainer.get("max_epochs"), "leaves nothing to train.",
+                        "Set trainer.max_epochs to a positive number (or trainer.max_steps).")
+    precision = str(trainer.get("precision", "32-true"))
+    if precision not in PRECISIONS:
+        raise UserError("trainer.precision", precision, "is not a precision Lightning knows.",
+                        f"Use one of: {', '.join(PRECISIONS[:6])}.")
+    weights = (cfg.get("module") or {}).get("aux_loss_weights") or []
+    if any(isinstance(w, bool) or not isinstance(w, Real) or w < 0 for w in weights):
+        raise UserError("module.aux_loss_weights", list(weights), "must be non-negative numbers.",
+                        "Use e.g. [0.3, 0.3] (GoogLeNet) or [] to ignore auxiliary classifiers.")
+    from experiments.training.finetune import check_config
+
+    check_config(cfg)
+    resume = cfg.get("resume")
+    if not isinstance(resume, (bool, str)) or resume == "":
+        raise UserError("resume", resume, "must be true/false or a run folder.",
+                        "Use resume=true or resume=outputs/train/<date>/<time>_<name>.")
