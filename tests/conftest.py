@@ -13,6 +13,19 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 CONF = REPO / "conf"
 TESTS = REPO / "tests"
+# The model configs a user can choose; `_`-prefixed files in conf/model are bases they inherit, not options.
+MODEL_NAMES = sorted(p.stem for p in (CONF / "model").glob("*.yaml") if not p.stem.startswith("_"))
+
+
+def model_config(name: str):
+    """``conf/model/<name>.yaml`` composed with its bases (a plain node: ``${data.*}`` left unresolved)."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+    from omegaconf import OmegaConf
+
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = hydra_compose(config_name="summary", overrides=[f"model={name}"])
+    return OmegaConf.create(OmegaConf.to_container(cfg.model, resolve=False))
 
 
 @pytest.fixture

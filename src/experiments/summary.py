@@ -106,7 +106,7 @@ def require_a_model(cfg: DictConfig, choice: str | None) -> None:
                                f"`model={choice}` is a base that model configs inherit{unset}, not a model.",
                                f"Choose a model: {', '.join(group_options('model'))}.")
     if missing:
-        raise ModelConfigError(missing[0], "???", f"is not set by `model={choice}` ({', '.join(missing)} are ???).",
+        raise ModelConfigError(missing[0], "???", f"is not set by `model={choice}` (left at ???: {', '.join(missing)}).",
                                f"Set it on the command line (model.{missing[0]}=...) or in the model config.")
 
 
@@ -138,4 +138,11 @@ def render_memory(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
+    import sys
+
+    from experiments.fast_help import print_help, wants_app_help
+
+    if wants_app_help(sys.argv):  # the groups' options without the bases (conf/model/_*.yaml)
+        print_help("summary", "summary", sys.argv)
+        sys.exit(0)
     main()

@@ -10,7 +10,9 @@ from tests.conftest import CONF
 
 GROUPS = ["model", "data", "optimizer", "scheduler", "trainer", "logger", "callbacks", "debug", "finetune",
           "experiment"]
-OPTIONS = [(group, path.stem) for group in GROUPS for path in sorted((CONF / group).glob("*.yaml"))]
+# `_`-prefixed files are bases other options inherit (conf/model/_resnet_cifar.yaml), not options.
+OPTIONS = [(group, path.stem) for group in GROUPS for path in sorted((CONF / group).glob("*.yaml"))
+           if not path.stem.startswith("_")]
 
 
 def test_every_group_has_options():

@@ -18,12 +18,13 @@ from experiments.training.build import MODEL_METADATA_KEYS, build_model
 from models.errors import ModelConfigError
 from models.lenet import LeNet5
 from models.profile import compare_with_paper, profile_model
+from tests.conftest import MODEL_NAMES as MODELS
+from tests.conftest import model_config
 
 ROOT = Path(__file__).resolve().parents[2]
 CONF = ROOT / "conf"
 # ResNet-1202 takes ~10 s per build even on the meta device: its count is checked in test_param_counts.
-MODEL_NAMES = [pytest.param(name, marks=pytest.mark.slow) if name == "resnet1202" else name
-               for name in sorted(p.stem for p in (CONF / "model").glob("*.yaml"))]
+MODEL_NAMES = [pytest.param(name, marks=pytest.mark.slow) if name == "resnet1202" else name for name in MODELS]
 
 
 def test_profile_of_lenet5_counts_by_hand() -> None:
@@ -61,7 +62,7 @@ def compose_summary(overrides: list[str]):
 
 
 def paper_overrides(name: str) -> list[str]:
-    paper = OmegaConf.load(CONF / "model" / f"{name}.yaml").get("paper") or {}
+    paper = model_config(name).get("paper") or {}
     channels = 1 if name.startswith("lenet") else 3
     return [f"model={name}", "data=cifar10", f"data.image_size={paper.get('input_size', 224)}",
             f"data.num_classes={paper.get('num_classes', 1000)}", f"data.in_channels={channels}"]
@@ -116,7 +117,7 @@ def test_model_configs_follow_the_contract(name: str) -> None:
     import importlib
     import inspect
 
-    cfg = OmegaConf.load(CONF / "model" / f"{name}.yaml")
+    cfg = model_config(name)
     module, _, cls = cfg._target_.rpartition(".")
     assert module.startswith("models.")
     signature = inspect.signature(getattr(importlib.import_module(module), cls))

@@ -11,13 +11,13 @@ from experiments.core.errors import UserError
 from experiments.training.build import build_model
 from experiments.training.finetune import FromLayer, apply_transfer
 from models.stages import head_output_size, split_head, stages_of
-from tests.conftest import CONF
+from tests.conftest import MODEL_NAMES, model_config
 
 NUM_CLASSES = 7
 # The smallest input each family takes (the rest take 32x32); resnet1202 is left out for time only.
 SIZES = {"alexnet": 75, "alexnet_torchvision": 64, "zfnet": 64, "googlenet": 64, "googlenet_naive": 64,
          "inception_v3": 299}
-MODELS = sorted(p.stem for p in (CONF / "model").glob("*.yaml") if p.stem not in ("resnet1202", "densenet264"))
+MODELS = [name for name in MODEL_NAMES if name not in ("resnet1202", "densenet264")]
 # One or two of each family also go through the transfer surgery (last_k, from_layer) on the meta device.
 SURGERY = ["alexnet_torchvision", "blueprint", "densenet40", "googlenet", "inception_v3", "lenet5", "linear",
            "mobilenet_v2", "plain20", "resnet18", "resnet20", "resnext50_32x4d", "squeezenet1_1", "vgg16_bn",
@@ -25,7 +25,7 @@ SURGERY = ["alexnet_torchvision", "blueprint", "densenet40", "googlenet", "incep
 
 
 def _model(name: str, device: str = "meta", channels: int = 3) -> tuple[nn.Module, tuple[int, int, int]]:
-    cfg = OmegaConf.load(CONF / "model" / f"{name}.yaml")
+    cfg = model_config(name)
     size = SIZES.get(name, 32)
     cfg.in_channels, cfg.num_classes, cfg.input_size = channels, NUM_CLASSES, size
     with torch.device(device):
