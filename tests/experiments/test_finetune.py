@@ -13,7 +13,7 @@ from tests.conftest import TINY, assert_refused, run_cli, run_folders, tree_hash
 
 from experiments.core.errors import UserError
 from experiments.training import finetune
-from experiments.training.build import build_datamodule, build_module
+from experiments.training.build import build_datamodule, build_module, build_network
 from experiments.training.validation import validate
 
 
@@ -42,14 +42,14 @@ def source_run(project) -> Path:
 
 
 def _fit(cfg, epochs: int = 1):
-    """What experiments.train does, in process: adopt, build, load the source, fit for real."""
+    """What experiments.train does, in process: one call for the network and its start, then fit for real."""
     pl.seed_everything(0, verbose=False)
     validate(cfg)
-    source = finetune.adopt_source_model(cfg)
     datamodule = build_datamodule(cfg)
     datamodule.setup(None)
-    module = build_module(cfg)
-    finetune.load_source_weights(module.transfer, cfg, source)
+    network = build_network(cfg, load_source=True)
+    module = build_module(cfg, network)
+    module.plan = network.plan
     start = {k: v.clone() for k, v in module.model.state_dict().items()}
     trainer = pl.Trainer(max_epochs=epochs, logger=False, enable_checkpointing=False, enable_progress_bar=False,
                          enable_model_summary=False, limit_val_batches=1, num_sanity_val_steps=0,
@@ -101,7 +101,7 @@ def test_last_k_trains_exactly_the_last_k_stages(compose, source_run):
     cfg = compose([*DATA, *TO_UPPER_HALF, "finetune=last_k", "finetune.k=2",
                    f"finetune.from={source_run / 'checkpoints' / 'last.ckpt'}"])
     module, start, _ = _fit(cfg)
-    assert module.transfer.trained == ["classifier.1", "classifier.3", "classifier.5"]
+    assert module.plan.trained == ["classifier.1", "classifier.3", "classifier.5"]
     changed = {k.rsplit(".", 1)[0] for k in _changed(start, module)}
     assert changed == {"classifier.1", "classifier.3", "classifier.5"}
     source = _source_weights(source_run)
@@ -138,11 +138,11 @@ def test_from_layer_cuts_pools_and_trains_a_new_classifier(compose, source_run):
 def test_a_finetuned_run_trains_and_evaluates_from_the_cli(project, source_run):
     before = set(run_folders(project / "outputs"))
     run_cli("experiments.train", *_args(*DATA, *TO_UPPER_HALF, "trainer.max_epochs=1", "finetune=from_layer",
-                                        "finetune.layer=classifier.1", f"finetune.from={source_run}", "model=resnet20"),
+                                        "finetune.layer=classifier.1", f"finetune.from={source_run}"),
             cwd=project, check=True)
     (run,) = set(run_folders(project / "outputs")) - before
     summary = json.loads((run / "summary.json").read_text())
-    assert summary["status"] == "finished" and summary["model_name"] == "lenet5"  # the source's, not model=
+    assert summary["status"] == "finished" and summary["model_name"] == "lenet5"  # the source's
     assert summary["finetune"]["strategy"] == "from_layer" and summary["finetune"]["trained_stages"] == ["fc"]
     assert summary["params"] == 6 * 25 + 6 + 16 * 150 + 16 + 400 * 120 + 120 + 120 * 5 + 5
     # experiments.eval rebuilds the cut network from the run's own config.yaml and loads its checkpoint.
@@ -155,7 +155,9 @@ def test_a_finetuned_run_trains_and_evaluates_from_the_cli(project, source_run):
 @pytest.mark.parametrize(("args", "words"), [
     (["finetune.from=no/such/run"], ["finetune.from='no/such/run'", "does not exist"]),
     (["finetune.from={bad}", "finetune=head"], ["finetune.from=", "has no checkpoint"]),
-], ids=["missing path", "run without checkpoint"])
+    (["finetune.from={source}", "model=resnet20"], ["model='resnet20'", "conflicts with finetune.from", "lenet5 run",
+                                                    "Drop model="]),
+], ids=["missing path", "run without checkpoint", "model= names another architecture than the source run"])
 def test_bad_finetune_inputs_exit_2_and_write_nothing(project, source_run, tmp_path, args, words):
     bad = tmp_path / "no_checkpoint_run"
     shutil.copytree(source_run, bad)
@@ -193,8 +195,7 @@ def test_bad_finetune_settings_are_user_errors(compose, source_run, args, match)
     cfg = compose([*DATA, f"finetune.from={source_run}", *args])
     with pytest.raises(UserError, match=match):
         validate(cfg)
-        finetune.adopt_source_model(cfg)
-        build_module(cfg)
+        build_network(cfg, load_source=True)
 
 
 def test_a_strategy_option_needs_a_source(compose):

@@ -104,23 +104,47 @@ LEGACY_TARGETS = {
 }
 
 
-def modernise_targets(config: DictConfig) -> DictConfig:
-    """Point every ``_target_`` of a config written before the move at where that code lives now."""
+def _rewrite_strings(config: DictConfig, rewrite) -> None:
+    """Apply ``rewrite(key, text) -> text`` to every string value of ``config``, in place."""
     def walk(node: Any) -> None:
-        if isinstance(node, DictConfig):
-            for key in list(node.keys()):
-                value = node._get_node(key)
-                if key == "_target_" and isinstance(node[key], str):
-                    for old, new in LEGACY_TARGETS.items():
-                        if node[key].startswith(old):
-                            node[key] = new + node[key][len(old):]
-                else:
-                    walk(value)
-        elif isinstance(node, ListConfig):
-            for item in node:
-                walk(item)
+        items = node.items_ex(resolve=False) if isinstance(node, DictConfig) else enumerate(node)
+        for key, value in list(items):
+            if isinstance(value, (DictConfig, ListConfig)):
+                walk(value)
+            elif isinstance(value, str):
+                new = rewrite(key, value)
+                if new != value:
+                    node[key] = new
 
     walk(config)
+
+
+def modernise_targets(config: DictConfig) -> DictConfig:
+    """Point every ``_target_`` of a config written before the move at where that code lives now."""
+    def rewrite(key: Any, text: str) -> str:
+        if key != "_target_":
+            return text
+        old = next((old for old in LEGACY_TARGETS if text.startswith(old)), None)
+        return LEGACY_TARGETS[old] + text[len(old):] if old else text
+
+    _rewrite_strings(config, rewrite)
+    return config
+
+
+def relocate_paths(config: DictConfig, folder: Path) -> DictConfig:
+    """A moved or copied run folder: every path under its saved ``paths.run_dir`` now points into
+    ``folder``, so the run reads and writes its own files, never the original's."""
+    saved = OmegaConf.select(config, "paths.run_dir", default=None)
+    if not isinstance(saved, str) or not saved or Path(saved) == folder or Path(saved).resolve() == folder.resolve():
+        return config
+    new = str(folder)
+
+    def rewrite(_key: Any, text: str) -> str:
+        if text == saved or text.startswith(saved.rstrip("/") + "/"):
+            return new + text[len(saved.rstrip("/")):]
+        return text
+
+    _rewrite_strings(config, rewrite)
     return config
 
 
@@ -207,7 +231,8 @@ class RunFolder:
                             "Restore the file from a copy of the run, or pick another run.") from None
 
     def config(self) -> DictConfig:
-        """The run's resolved ``config.yaml`` (required), with targets of code that moved updated."""
+        """The run's resolved ``config.yaml`` (required), with targets of code that moved updated and the
+        paths inside the folder resolved against where the folder is now (a folder is movable)."""
         if not self.config_file.is_file():
             raise UserError(self.key, str(self.path), f"has no {CONFIG_FILE} (the run did not get past its start).",
                             "Pick a run that trained; its folder holds config.yaml and checkpoints/.")
@@ -215,7 +240,7 @@ class RunFolder:
         if not isinstance(config, DictConfig):
             raise UserError(self.key, str(self.path), f"has a {CONFIG_FILE} that is not a mapping of keys.",
                             "Restore the file from a copy of the run, or pick another run.")
-        return modernise_targets(config)
+        return relocate_paths(modernise_targets(config), self.path.absolute())
 
     def composed_config(self) -> DictConfig:
         """``config.yaml``, else Hydra's unresolved record (a run that failed early), else empty."""

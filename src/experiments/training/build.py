@@ -55,17 +55,27 @@ def check_model_accepts(model, input_shape: tuple[int, int, int], name: str) -> 
         model.train(was_training)
 
 
-def profile_of(cfg: DictConfig) -> dict:
-    """Params and multiply-adds of the configured model, counted on the meta device (no memory, no time)."""
+def build_network(cfg: DictConfig, *, load_source: bool = False, device: str | None = None):
+    """The model of ``cfg`` and its starting point, as one :class:`experiments.training.finetune.Network`
+    (fine-tuning: the source's architecture and weights, frozen parts, per-group learning rates).
+    ``load_source`` only for a fresh training run; ``device="meta"`` builds shapes only (no memory)."""
+    import contextlib
+
     import torch
 
     from experiments.training import finetune
+
+    shape = input_shape_of(cfg)
+    probe = None if device == "meta" else shape  # the probe forward pass needs real numbers
+    with torch.device(device) if device else contextlib.nullcontext():
+        return finetune.network(cfg, lambda: build_model(cfg.model, probe), shape, load_source=load_source)
+
+
+def profile_of(cfg: DictConfig) -> dict:
+    """Params and multiply-adds of the configured network, counted on the meta device (no memory, no time)."""
     from models.profile import compare_with_paper, profile_model
 
-    with torch.device("meta"):
-        model = build_model(cfg.model)
-        if finetune.is_active(cfg):  # a from_layer cut changes the network
-            model = finetune.apply_transfer(model, cfg, input_shape_of(cfg), int(cfg.data.num_classes)).model
+    model = build_network(cfg, device="meta").model
     profile = profile_model(model, input_shape_of(cfg))
     profile["paper"] = compare_with_paper(profile, cfg.model.get("paper"))
     return profile
@@ -87,22 +97,12 @@ def input_shape_of(cfg: DictConfig) -> tuple[int, int, int]:
     return int(cfg.data.in_channels), int(cfg.data.image_size), int(cfg.data.image_size)
 
 
-def build_module(cfg: DictConfig):
-    """The model inside a :class:`ClassificationModule`, ready for a Trainer.
-
-    With ``finetune.from`` set, the model is the transfer model of ``finetune.strategy`` (cut, frozen,
-    per-group learning rates: :func:`experiments.training.finetune.apply_transfer`), built from the config alone;
-    the source weights are loaded by the training pipeline only (``module.transfer`` says how), so a
-    fine-tuned run's own checkpoint loads into exactly this architecture.
-    """
-    from experiments.training import finetune
+def build_module(cfg: DictConfig, network=None):
+    """The network (``build_network(cfg)`` unless given) inside a :class:`ClassificationModule`."""
     from experiments.training.module import ClassificationModule
 
-    model = build_model(cfg.model, input_shape_of(cfg))
-    transfer = None
-    if finetune.is_active(cfg):
-        transfer = finetune.apply_transfer(model, cfg, input_shape_of(cfg), int(cfg.data.num_classes))
-        model = transfer.model
+    network = network or build_network(cfg)
+    model = network.model
     if cfg.model.get("channels_last"):
         import torch
 
@@ -119,8 +119,7 @@ def build_module(cfg: DictConfig):
         label_smoothing=module_cfg.get("label_smoothing", 0.0),
         aux_loss_weights=module_cfg.get("aux_loss_weights", (0.3, 0.3)),
         channels_last=bool(cfg.model.get("channels_last", False)),
-        lr_scales=transfer.lr_scales if transfer is not None else None,
-        transfer=transfer,
+        lr_scales=network.lr_scales,
         # (not for a compiled model: the summary's forward would compile it for a shape training never uses)
         example_input_shape=None if cfg.get("compile") else input_shape_of(cfg),
     )
@@ -138,10 +137,13 @@ def build_trainer(cfg: DictConfig, keep_through_epoch: int | None = None):
     from callbacks.epoch_seed import EpochSeed
     from experiments.core import runs
     from experiments.training.interrupts import SaveOnInterrupt
+    from experiments.training.movable import ResolveCheckpointPathsInRunFolder
 
     callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None]
     callbacks.append(EpochSeed(int(cfg.seed)))
-    callbacks.append(SaveOnInterrupt(runs.RunFolder(cfg.paths.run_dir).last_checkpoint))
+    folder = runs.RunFolder(cfg.paths.run_dir)
+    callbacks.append(SaveOnInterrupt(folder.last_checkpoint))
+    callbacks.append(ResolveCheckpointPathsInRunFolder(folder.checkpoint_dir))
     quiet = bool(cfg.get("quiet"))
     if quiet:
         callbacks = [c for c in callbacks if type(c).__name__ != "EpochLine"]

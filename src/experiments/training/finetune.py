@@ -30,16 +30,19 @@ How a fine-tuned run is rebuilt later (``experiments.eval``, ``experiments.evalu
    pointed at the new ``data`` (and training-only auxiliary heads switched off): the user does not
    repeat ``model=...``, and the saved ``config.yaml`` names the exact architecture. A plain
    ``state_dict`` file has no config, so ``cfg.model`` is used as given.
-2. :func:`apply_transfer`, called by :func:`experiments.training.build.build_module` whenever ``finetune.from``
-   is set, does the surgery that follows from the config alone (the cut of ``from_layer``, freezing,
+2. :func:`apply_transfer` does the surgery that follows from the config alone (the cut of ``from_layer``, freezing,
    the per-group learning rates). It never reads the source, so a fine-tuned run evaluates even after
    its source run was deleted.
-3. :func:`load_source_weights` copies the source weights in, only when training starts
-   (``experiments.training.pipeline._prepare``, not on resume: the run's own ``last.ckpt`` holds them then).
+3. :func:`load_source_weights` copies the source weights in, only for a fresh run (on resume the run's
+   own ``last.ckpt`` holds them; an evaluation loads its checkpoint).
+
+A fine-tuned run is rebuilt later (``experiments.eval``, ``load_trained``, ``resume=``) from its own
+``config.yaml``, which already names the adopted architecture.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from numbers import Real
 from pathlib import Path
@@ -58,6 +61,30 @@ DATA_KEYS = {"in_channels": "${data.in_channels}", "num_classes": "${data.num_cl
              "input_size": "${data.image_size}"}
 SOURCE_FIX = ("Pass a run folder printed by experiments.train (or a .ckpt inside its checkpoints/), or a "
               "state_dict file (.pt/.pth) saved from the model of cfg.model.")
+
+
+# --- the one call ---------------------------------------------------------------------------------------
+@dataclass
+class Network:
+    """What the training path gets from :func:`network`: everything about the model's starting point."""
+
+    model: nn.Module
+    lr_scales: dict[str, float] | None = None  # trainable parameter -> lr multiplier (None: all at optimizer.lr)
+    transferred: dict[str, Any] | None = None  # for summary.json: what was copied from where (fresh runs only)
+    plan: Transfer | None = None               # the surgery: stages, what trains, the new head
+
+
+def network(cfg: DictConfig, build: Callable[[], nn.Module], input_shape: tuple[int, int, int], *,
+            load_source: bool) -> Network:
+    """The model to train and its starting point: built by ``build()``; with ``finetune.from`` set, given
+    the source run's architecture (``load_source`` only), cut and frozen as ``finetune.strategy`` says,
+    and filled with the source's weights (``load_source`` only: a fresh run, not a resume or an eval)."""
+    if not is_active(cfg):
+        return Network(build())
+    source = adopt_source_model(cfg) if load_source else None
+    transfer = apply_transfer(build(), cfg, input_shape, int(cfg.data.num_classes))
+    transferred = load_source_weights(transfer, cfg, source) if load_source else None
+    return Network(transfer.model, transfer.lr_scales, transferred, transfer)
 
 
 # --- the config ---------------------------------------------------------------------------------------
@@ -165,6 +192,7 @@ def adopt_source_model(cfg: DictConfig) -> Source | None:
                         f"{OmegaConf.select(source.config, 'finetune.layer')} with a new classifier, not a whole "
                         "network to transfer.", "Fine-tune from the run it was cut from "
                         f"({OmegaConf.select(source.config, 'finetune.from')}), or from a head, last_k or full run.")
+    _refuse_other_model(cfg, source)
     model = OmegaConf.to_container(source.config.model, resolve=False)
     for key, value in DATA_KEYS.items():
         if key in model:
@@ -179,6 +207,26 @@ def adopt_source_model(cfg: DictConfig) -> Source | None:
         OmegaConf.update(cfg, key, OmegaConf.select(OmegaConf.from_dotlist([f"{key}={value}"]), key), merge=True,
                          force_add=True)
     return source
+
+
+def _refuse_other_model(cfg: DictConfig, source: Source) -> None:
+    """A run source fixes the architecture: a ``model=`` choice that names another one is a conflict,
+    not something to drop without a word (the run folder would be named after a model it does not hold)."""
+    from hydra.core.hydra_config import HydraConfig
+
+    if not HydraConfig.initialized():
+        return
+    chosen = next((o.split("=", 1)[1] for o in HydraConfig.get().overrides.task
+                   if o.lstrip("+~").split("=", 1)[0] == "model" and "=" in o), None)
+    if chosen is None:
+        return
+    folder = runs.RunFolder(source.run_dir, key="finetune.from")
+    theirs = folder.choices().get("model") or folder.summary().get("model_name")
+    if theirs is not None and chosen != theirs:
+        raise UserError("model", chosen, f"conflicts with finetune.from={settings(cfg).get('from')}, a {theirs} "
+                        f"run: a run source fixes the architecture (its config.yaml), so model={chosen} cannot "
+                        "apply.", f"Drop model= (the run trains as {theirs}), or fine-tune from a {chosen} run or "
+                        f"a {chosen} state_dict file.")
 
 
 def _model_overrides() -> list[str]:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from typing import Any
 
 import pytorch_lightning as pl
 import torch
@@ -34,7 +33,6 @@ class ClassificationModule(pl.LightningModule):
         aux_loss_weights: Sequence[float] = (0.3, 0.3),
         channels_last: bool = False,
         lr_scales: Mapping[str, float] | None = None,
-        transfer: Any = None,
         example_input_shape: Sequence[int] | None = None,
     ) -> None:
         super().__init__()
@@ -43,10 +41,8 @@ class ClassificationModule(pl.LightningModule):
             # One image of the configured shape: Lightning's model summary runs it (in eval mode, without
             # gradients) to print each layer's input/output sizes and FLOPs instead of "Total FLOPs: 0".
             self.example_input_array = torch.zeros(1, *example_input_shape)
-        # Fine-tuning (experiments.training.finetune): the lr multiplier of each trainable parameter of `model`,
-        # and the plan that says how the source weights go in.
+        # Fine-tuning (experiments.training.finetune): the lr multiplier of each trainable parameter of `model`.
         self.lr_scales = dict(lr_scales) if lr_scales is not None else None
-        self.transfer = transfer
         self.num_classes = num_classes
         self.optimizer_cfg, self.scheduler_cfg = optimizer, scheduler
         self.label_smoothing = float(label_smoothing)

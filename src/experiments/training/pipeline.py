@@ -50,12 +50,7 @@ def train(cfg: DictConfig) -> float:
         resume_dir = _resume_target(cfg, fresh_dir)
         if resume_dir is not None and _is_launcher_process() and resume_dir.resolve() != fresh_dir.resolve():
             _adopt_resumed_config(cfg, resume_dir)
-        # Fine-tuning: the source run's architecture goes into cfg.model (and so into config.yaml) now;
-        # a resumed run already has it in its own config, and its weights in last.ckpt.
-        from experiments.training import finetune
-
-        source = finetune.adopt_source_model(cfg) if resume_dir is None else None
-        prepared = _prepare(cfg, resume_dir, source)
+        prepared = _prepare(cfg, resume_dir)
     except Exception:
         if _is_launcher_process():
             _remove_unused_run_folder(fresh_dir)
@@ -86,20 +81,19 @@ def _remove_unused_run_folder(folder: Path) -> None:
         shutil.rmtree(folder, ignore_errors=True)
 
 
-def _prepare(cfg: DictConfig, resume_dir: Path | None, source=None) -> dict[str, Any]:
-    """Data, module (fine-tuning: with the weights of ``source``), checks; nothing is written yet."""
+def _prepare(cfg: DictConfig, resume_dir: Path | None) -> dict[str, Any]:
+    """Data, network and its starting weights, module, checks; nothing is written yet."""
     import pytorch_lightning as pl
 
-    from experiments.training import finetune
-    from experiments.training.build import build_datamodule, build_module, profile_of
+    from experiments.training.build import build_datamodule, build_module, build_network, profile_of
 
     pl.seed_everything(int(cfg.seed), workers=True, verbose=False)
     datamodule = build_datamodule(cfg)
     datamodule.setup(None)  # read every split now: a missing or corrupt file fails before the run starts
-    module = build_module(cfg)
-    transferred = None
-    if module.transfer is not None and resume_dir is None:
-        transferred = finetune.load_source_weights(module.transfer, cfg, source)
+    # A fresh run starts from the configured source weights (fine-tuning); a resumed run from its last.ckpt.
+    network = build_network(cfg, load_source=resume_dir is None)
+    module = build_module(cfg, network)
+    transferred = network.transferred
     _check_optimization(cfg, module, datamodule)
     profile = profile_of(cfg)
     run_dir = Path(cfg.paths.run_dir)
