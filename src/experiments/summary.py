@@ -15,6 +15,7 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from experiments.core.errors import exits_cleanly_on_user_error
+from experiments.training.validation import require_a_model
 
 
 def input_shape_of(cfg: DictConfig) -> tuple[int, int, int]:
@@ -93,23 +94,6 @@ def render(profile: dict[str, Any], show_rows: bool = True, console=None) -> Non
                       "data.in_channels=3 to compare like with like.")
 
 
-def require_a_model(cfg: DictConfig, choice: str | None) -> None:
-    """Refuse a base (``model=_resnet_cifar``: a config that model configs inherit, with ``???`` left for
-    each model to set) and any model config that leaves a key at ``???``, naming the keys."""
-    from experiments.fast_help import group_options
-    from models.errors import ModelConfigError
-
-    missing = [str(key) for key in cfg.model if OmegaConf.is_missing(cfg.model, key)]
-    if choice and choice.startswith("_"):
-        unset = f" ({', '.join(missing)} unset)" if missing else ""
-        raise ModelConfigError(missing[0] if missing else "_target_", "???",
-                               f"`model={choice}` is a base that model configs inherit{unset}, not a model.",
-                               f"Choose a model: {', '.join(group_options('model'))}.")
-    if missing:
-        raise ModelConfigError(missing[0], "???", f"is not set by `model={choice}` (left at ???: {', '.join(missing)}).",
-                               f"Set it on the command line (model.{missing[0]}=...) or in the model config.")
-
-
 @hydra.main(version_base="1.3", config_path="../../conf", config_name="summary")
 @exits_cleanly_on_user_error
 def main(cfg: DictConfig) -> None:
@@ -140,7 +124,7 @@ def render_memory(cfg: DictConfig) -> None:
 if __name__ == "__main__":
     import sys
 
-    from experiments.fast_help import print_help, wants_app_help
+    from experiments.core.fast_help import print_help, wants_app_help
 
     if wants_app_help(sys.argv):  # the groups' options without the bases (conf/model/_*.yaml)
         print_help("summary", "summary", sys.argv)

@@ -40,7 +40,7 @@ def _train(cfg: DictConfig) -> float:
 if __name__ == "__main__":
     import sys
 
-    from experiments.fast_help import print_help, wants_app_help
+    from experiments.core.fast_help import print_help, wants_app_help
 
     if wants_app_help(sys.argv):
         print_help("train", "train", sys.argv)

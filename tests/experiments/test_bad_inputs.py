@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import pickle
 import shutil
 from pathlib import Path
@@ -79,6 +80,8 @@ def bad(workdir: Path) -> Path:
     shutil.copytree(run, copy)
     last = copy / "checkpoints" / "last.ckpt"
     last.write_bytes(last.read_bytes()[:1500])
+    summary = json.loads((copy / "summary.json").read_text())  # an unfinished run (a finished one is refused)
+    (copy / "summary.json").write_text(json.dumps({**summary, "status": "interrupted"}))
     return folder
 
 

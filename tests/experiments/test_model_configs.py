@@ -10,7 +10,7 @@ import yaml
 from omegaconf import OmegaConf
 from tests.conftest import CONF, MODEL_NAMES, model_config, run_cli
 
-from experiments.fast_help import config_groups, group_options, print_help
+from experiments.core.fast_help import config_groups, group_options, print_help
 
 BASES = sorted(p.stem for p in (CONF / "model").glob("_*.yaml"))
 

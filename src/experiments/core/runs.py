@@ -7,14 +7,16 @@ including the command-line overrides), ``metrics.csv``, ``checkpoints/{last,best
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import fcntl
 import functools
 import json
 import os
 import platform
 import subprocess
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -27,6 +29,7 @@ CONFIG_FILE = "config.yaml"
 SUMMARY_FILE = "summary.json"
 METRICS_FILE = "metrics.csv"
 FAILURE_FILE = "failure.json"
+LOCK_FILE = ".lock"
 CHECKPOINT_DIR = "checkpoints"
 LAST_CHECKPOINT = "last.ckpt"
 PACKAGES = ("torch", "torchvision", "pytorch-lightning", "torchmetrics", "hydra-core", "omegaconf", "numpy")
@@ -41,6 +44,20 @@ def write_json_atomic(path: Path, payload: dict[str, Any]) -> None:
         handle.write("\n")
     os.chmod(tmp, 0o644)
     os.replace(tmp, path)
+
+
+def new_folder(parent: Path, stem: str) -> Path:
+    """Make and return a folder under ``parent`` that did not exist before: ``stem``, else ``stem-2``, ...
+    (``mkdir`` without ``exist_ok`` is atomic, so two commands in the same second get two folders)."""
+    parent.mkdir(parents=True, exist_ok=True)
+    for number in range(1, 10_000):
+        folder = parent / (stem if number == 1 else f"{stem}-{number}")
+        try:
+            folder.mkdir()
+            return folder
+        except FileExistsError:
+            continue
+    raise UserError("output folder", str(parent / stem), "exists 10,000 times over.", "Clean up the folder.")
 
 
 def read_json(path: Path) -> dict[str, Any]:
@@ -327,6 +344,49 @@ class RunFolder:
             if row.get("step"):
                 merged["step"] = max(merged.get("step", 0.0), float(row["step"]))
         return [per_epoch[e] for e in sorted(per_epoch)]
+
+    # --- in use ---------------------------------------------------------------------------------------
+    @property
+    def lock_file(self) -> Path:
+        return self.path / LOCK_FILE
+
+    @contextlib.contextmanager
+    def locked(self, command: str = "experiments.train") -> Iterator[None]:
+        """Hold this folder for one command: an OS lock (``flock``) on ``.lock``, released when the block
+        ends or the process dies (a killed run never leaves a stale lock). A second command that wants
+        the folder meanwhile is refused with one paragraph."""
+        self.path.mkdir(parents=True, exist_ok=True)
+        handle = self.lock_file.open("a+")
+        try:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise self._in_use_error(command) from None
+            handle.seek(0)
+            handle.truncate()
+            handle.write(f"{command} pid {os.getpid()}\n")
+            handle.flush()
+            yield
+        finally:
+            handle.close()  # closing the file releases the lock
+
+    def refuse_if_in_use(self, command: str) -> None:
+        """A UserError when another process holds this folder (a training run in progress)."""
+        if not self.lock_file.is_file():
+            return  # never held: nothing is running here
+        with self.lock_file.open("r") as handle:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise self._in_use_error(command) from None
+
+    def _in_use_error(self, command: str) -> UserError:
+        try:
+            holder = self.lock_file.read_text().strip() or "another process"
+        except OSError:
+            holder = "another process"
+        return UserError(self.key, str(self.path), f"is in use by {holder}, so {command} may not write into it now.",
+                         "Wait until that command ends (or stop it), then run this one again.")
 
     # --- checkpoints ---------------------------------------------------------------------------------
     def best_checkpoint(self) -> Path | None:

@@ -97,8 +97,9 @@ def load_trained(run: str | Path, ckpt: str = "best", overrides: list[str] | Non
     from experiments.training.build import build_datamodule, build_module
 
     silence_harmless_warnings()
-    run_dir, explicit = runs.run_folder_of(run)
-    cfg = runs.load_run_config(run_dir)
+    folder, explicit = runs.RunFolder.of(run)
+    folder.refuse_if_in_use("this command")  # it writes its results into the run folder
+    run_dir, cfg = folder.path, folder.config()
     if overrides:
         cfg = apply_overrides(cfg, overrides)
     checkpoint_path = explicit or runs.choose_checkpoint(run_dir, ckpt)

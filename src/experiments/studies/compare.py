@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from experiments.core.runs import RunFolder
+from experiments.core.runs import RunFolder, new_folder
 from experiments.studies import run_table as rt
 
 RESIDUAL_KEY = "model.residual"
@@ -188,7 +188,7 @@ def _text(path: Path, missing: str) -> str:
 def default_out(folders: list[Path]) -> Path:
     if len(folders) == 1:
         return folders[0] / "compare"
-    return Path("outputs") / "compare" / time.strftime("%Y-%m-%d_%H-%M-%S")
+    return new_folder(Path("outputs") / "compare", time.strftime("%Y-%m-%d_%H-%M-%S"))
 
 
 def compare(folders: list[Path], by: list[str] | None = None, html: bool = False, out: Path | None = None,

@@ -7,6 +7,7 @@ run that fails that early leaves no folder behind.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import shutil
@@ -35,8 +36,11 @@ def _resume_target(cfg: DictConfig, fresh_dir: Path) -> Path | None:
         from hydra.core.hydra_config import HydraConfig
 
         return runs.find_resumable(Path(cfg.paths.output_root), list(HydraConfig.get().overrides.task), fresh_dir)
-    run_dir, _ = runs.run_folder_of(resume, key="resume")
-    return run_dir
+    folder, _ = runs.RunFolder.of(resume, key="resume")
+    if folder.is_finished():
+        raise UserError("resume", str(resume), "is a finished run, and a finished run is never changed.",
+                        "Start a new run (drop resume=), or fine-tune from it with finetune.from=<run folder>.")
+    return folder.path
 
 
 def train(cfg: DictConfig) -> float:
@@ -45,24 +49,31 @@ def train(cfg: DictConfig) -> float:
     silence_harmless_warnings()
     started = time.time()
     fresh_dir = Path(cfg.paths.run_dir)
-    try:
-        validate(cfg)
-        resume_dir = _resume_target(cfg, fresh_dir)
+    with contextlib.ExitStack() as holding:
+        try:
+            validate(cfg)
+            resume_dir = _resume_target(cfg, fresh_dir)
+            adopting = resume_dir is not None and _is_launcher_process() and resume_dir.resolve() != fresh_dir.resolve()
+            saved = runs.load_run_config(resume_dir) if adopting else None
+            extra_epochs = _resume_overrides(cfg, saved) if adopting else None
+            if _is_launcher_process():  # the run folder is this command's until it ends (DDP ranks share it)
+                key = "run" if resume_dir is None else "resume"
+                holding.enter_context(runs.RunFolder(resume_dir or fresh_dir, key=key).locked())
+            if adopting:
+                _adopt_resumed_config(cfg, resume_dir, saved, extra_epochs)
+            prepared = _prepare(cfg, resume_dir)
+        except Exception:
+            if _is_launcher_process():
+                _remove_unused_run_folder(fresh_dir, Path(cfg.paths.output_root))
+            raise
         if resume_dir is not None and _is_launcher_process() and resume_dir.resolve() != fresh_dir.resolve():
-            _adopt_resumed_config(cfg, resume_dir)
-        prepared = _prepare(cfg, resume_dir)
-    except Exception:
-        if _is_launcher_process():
-            _remove_unused_run_folder(fresh_dir)
-        raise
-    if resume_dir is not None and _is_launcher_process() and resume_dir.resolve() != fresh_dir.resolve():
-        _remove_unused_run_folder(fresh_dir)
-    return _fit_and_test(cfg, started, **prepared)
+            _remove_unused_run_folder(fresh_dir, Path(cfg.paths.output_root))
+        return _fit_and_test(cfg, started, **prepared)
 
 
-def _adopt_resumed_config(cfg: DictConfig, resume_dir: Path) -> None:
-    """Resume with the run's own config (its paths point at its folder), keeping this call's quiet flag."""
-    saved = runs.load_run_config(resume_dir)
+def _adopt_resumed_config(cfg: DictConfig, resume_dir: Path, saved: DictConfig, extra_epochs: int | None) -> None:
+    """Resume with the run's own config (its paths point at its folder), keeping this call's quiet flag
+    (and ``trainer.max_epochs`` when this call asked for more)."""
     quiet = cfg.get("quiet", False)
     for key in list(cfg.keys()):
         if key in saved:
@@ -70,15 +81,62 @@ def _adopt_resumed_config(cfg: DictConfig, resume_dir: Path) -> None:
     cfg.resume = str(resume_dir)
     cfg.quiet = quiet
     cfg.paths.run_dir = str(resume_dir)
+    if extra_epochs is not None:
+        print(f"resume: trainer.max_epochs={extra_epochs} (the run was configured for "
+              f"{saved.trainer.max_epochs}); every other setting is the run's own.", flush=True)
+        cfg.trainer.max_epochs = extra_epochs
 
 
-def _remove_unused_run_folder(folder: Path) -> None:
-    """Remove the folder Hydra made for this call when nothing of a run went into it."""
+# Keys a resume may set on the command line besides resume= itself: they change nothing of what was trained.
+_RESUME_KEYS = ("resume", "quiet")
+
+
+def _resume_overrides(cfg: DictConfig, saved: DictConfig) -> int | None:
+    """A resume continues the run's own config: an override that would change it is refused, except
+    ``trainer.max_epochs`` set higher than the run's (train on), which is applied; returns that value."""
+    from hydra.core.hydra_config import HydraConfig
+
+    if not HydraConfig.initialized() or cfg.get("resume") in (True, "true"):
+        return None  # resume=true finds the run by this very command line
+    extra_epochs = None
+    for override in HydraConfig.get().overrides.task:
+        key = override.lstrip("+~").split("=", 1)[0]
+        if key in _RESUME_KEYS or key.startswith("hydra."):
+            continue
+        if key == "trainer.max_epochs":
+            epochs = OmegaConf.select(cfg, "trainer.max_epochs")
+            before = OmegaConf.select(saved, "trainer.max_epochs")
+            if isinstance(epochs, int) and isinstance(before, int) and epochs >= before:
+                extra_epochs = epochs
+                continue
+            raise UserError("trainer.max_epochs", epochs, f"cannot shorten a resumed run (it was configured for "
+                            f"{before} epochs): its schedule was made for that length.",
+                            f"Resume with trainer.max_epochs >= {before}, or start a new run.")
+        raise UserError(key, override.split("=", 1)[1] if "=" in override else None,
+                        "cannot change a resumed run: resume continues the run with its own config.yaml, so "
+                        f"`{override}` would not apply.", "Resume without it (only trainer.max_epochs may "
+                        "grow), or start a new run with the changed settings.")
+    return extra_epochs
+
+
+def _remove_unused_run_folder(folder: Path, output_root: Path) -> None:
+    """Remove the folder Hydra made for this call when nothing of a run went into it, and the folders
+    above it (``train/<date>/``) that it leaves empty, up to ``paths.output_root``: a refused command
+    leaves no litter."""
     if not folder.is_dir():
         return
-    leftovers = {p.name for p in folder.iterdir()} - {".hydra", "train.log"}
-    if not leftovers:
-        shutil.rmtree(folder, ignore_errors=True)
+    leftovers = {p.name for p in folder.iterdir()} - {".hydra", "train.log", runs.LOCK_FILE}
+    if leftovers:
+        return
+    shutil.rmtree(folder, ignore_errors=True)
+    root = output_root.resolve()
+    for parent in folder.resolve().parents:
+        if parent == root or root not in parent.parents:
+            break
+        try:
+            parent.rmdir()  # only when empty
+        except OSError:
+            break
 
 
 def _prepare(cfg: DictConfig, resume_dir: Path | None) -> dict[str, Any]:

@@ -6,6 +6,7 @@ of ours (optimizer, trainer, module) and that torch would otherwise reject deep 
 
 from __future__ import annotations
 
+import math
 from numbers import Real
 
 from omegaconf import DictConfig, OmegaConf
@@ -29,6 +30,8 @@ def _number(cfg: DictConfig, key: str, low: float | None = None, high: float | N
         return
     if isinstance(value, bool) or not isinstance(value, Real):
         raise UserError(key, value, "must be a number.", fix)
+    if not math.isfinite(value):
+        raise UserError(key, value, "must be a finite number.", fix)
     if low is not None and (value < low or (value == low and not low_inclusive)):
         bound = f">= {low}" if low_inclusive else f"> {low}"
         raise UserError(key, value, f"must be {bound}.", fix)
@@ -44,7 +47,31 @@ def _integer(cfg: DictConfig, key: str, low: int, fix: str) -> None:
         raise UserError(key, value, f"must be an integer >= {low}.", fix)
 
 
+def require_a_model(cfg: DictConfig, choice: str | None) -> None:
+    """Refuse a base (``model=_resnet_cifar``: a config that model configs inherit, with ``???`` left for
+    each model to set) and any model config that leaves a key at ``???``, naming the keys."""
+    from experiments.core.fast_help import group_options
+    from models.errors import ModelConfigError
+
+    missing = [str(key) for key in cfg.model if OmegaConf.is_missing(cfg.model, key)]
+    if choice and choice.startswith("_"):
+        unset = f" ({', '.join(missing)} unset)" if missing else ""
+        raise ModelConfigError(missing[0] if missing else "_target_", "???",
+                               f"`model={choice}` is a base that model configs inherit{unset}, not a model.",
+                               f"Choose a model: {', '.join(group_options('model'))}.")
+    if missing:
+        raise ModelConfigError(missing[0], "???", f"is not set by `model={choice}` (left at ???: {', '.join(missing)}).",
+                               f"Set it on the command line (model.{missing[0]}=...) or in the model config.")
+
+
+def _model_choice() -> str | None:
+    from hydra.core.hydra_config import HydraConfig
+
+    return HydraConfig.get().runtime.choices.get("model") if HydraConfig.initialized() else None
+
+
 def validate(cfg: DictConfig) -> None:
+    require_a_model(cfg, _model_choice())
     _number(cfg, "optimizer.lr", 0, low_inclusive=False, fix="Set a positive learning rate, e.g. optimizer.lr=0.1.")
     _number(cfg, "optimizer.weight_decay", 0, fix="Use 0 to disable weight decay, or e.g. 1e-4.")
     _number(cfg, "optimizer.momentum", 0, 1, fix="Use a momentum in [0, 1), e.g. 0.9.")

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from omegaconf import OmegaConf, open_dict
 
-CONF = Path(__file__).resolve().parents[2] / "conf"
+from experiments.core.locations import CONF_DIR as CONF
 
 
 def wants_app_help(argv: list[str]) -> bool:

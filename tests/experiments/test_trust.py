@@ -1,0 +1,101 @@
+"""Results you can trust: a finished run never changes, a run in use is never written by a second command,
+every command makes a new folder, and a value that cannot mean what the user wants is refused (issue 16).
+
+The run folders are copies of ``tests/fixtures/run_before_move`` (a LeNet-5 that stopped after epoch 1 of 2).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+from tests.conftest import TESTS, TINY, assert_refused, run_cli, tree_hashes
+
+from experiments.core.runs import RunFolder, new_folder
+
+FIXTURE = TESTS / "fixtures" / "run_before_move"
+
+
+def _copy(tmp_path: Path, status: str | None = None) -> Path:
+    run = tmp_path / "outputs" / "train" / "2026-11-28" / "23-42-12-334941_lenet5-synthetic"
+    shutil.copytree(FIXTURE, run)
+    if status is not None:
+        summary = json.loads((run / "summary.json").read_text())
+        (run / "summary.json").write_text(json.dumps({**summary, "status": status}))
+    return run
+
+
+def _snapshot(folder: Path) -> tuple[dict[str, str], list[str]]:
+    """Every file's hash and every folder's path: a refused command must change neither."""
+    return tree_hashes(folder), sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_dir())
+
+
+def test_a_finished_run_is_never_resumed(tmp_path):
+    run = _copy(tmp_path, status="finished")
+    before = _snapshot(tmp_path)
+    for target in (run, run / "checkpoints" / "last.ckpt"):
+        result = run_cli("experiments.train", f"resume={target}", cwd=tmp_path)
+        assert_refused(result, ["resume=", "is a finished run", "never changed", "finetune.from"])
+    assert _snapshot(tmp_path) == before
+
+
+def test_a_run_in_use_refuses_a_second_command(tmp_path):
+    run = _copy(tmp_path)
+    before = _snapshot(tmp_path)
+    with RunFolder(run).locked("experiments.train"):  # as a training process holds it
+        after_lock = _snapshot(tmp_path)
+        resumed = run_cli("experiments.train", f"resume={run}", cwd=tmp_path)
+        assert_refused(resumed, ["resume=", "is in use by experiments.train pid", "Wait until"])
+        evaluated = run_cli("experiments.eval", f"run={run}", "ckpt=last", cwd=tmp_path)
+        assert_refused(evaluated, ["run=", "is in use by experiments.train"])
+        assert _snapshot(tmp_path) == after_lock
+    assert set(after_lock[0]) - set(before[0]) == {str(Path(run.relative_to(tmp_path)) / ".lock")}
+
+
+def test_the_lock_dies_with_its_holder(tmp_path):
+    run = _copy(tmp_path)
+    with RunFolder(run).locked():
+        pass
+    RunFolder(run).refuse_if_in_use("experiments.eval")  # released: no error
+    with RunFolder(run).locked(), pytest.raises(Exception, match="is in use"):
+        RunFolder(run).refuse_if_in_use("experiments.eval")
+
+
+def test_resume_refuses_overrides_it_cannot_apply_and_applies_more_epochs(tmp_path):
+    run = _copy(tmp_path)
+    before = _snapshot(tmp_path)
+    for extra, words in ((["model=vgg11"], ["model=", "cannot change a resumed run"]),
+                         (["optimizer.lr=0.5"], ["optimizer.lr=", "cannot change a resumed run"]),
+                         (["trainer.max_epochs=1"], ["trainer.max_epochs=1", "cannot shorten"])):
+        assert_refused(run_cli("experiments.train", f"resume={run}", *extra, cwd=tmp_path), words)
+    assert _snapshot(tmp_path) == before
+    result = run_cli("experiments.train", f"resume={run}", "trainer.max_epochs=3", cwd=tmp_path, check=True)
+    assert "trainer.max_epochs=3" in result.stdout
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["status"] == "finished" and summary["epochs"] == 3
+
+
+@pytest.mark.parametrize("value", ["inf", "-inf", "nan"])
+def test_non_finite_numbers_are_refused(tmp_path, value):
+    result = run_cli("experiments.train", *TINY, f"optimizer.lr={value}", cwd=tmp_path)
+    assert_refused(result, ["optimizer.lr=", "finite"])
+    assert not (tmp_path / "outputs" / "train").exists()
+
+
+def test_every_command_makes_a_new_folder(tmp_path):
+    first, second = new_folder(tmp_path, "2026-11-28_23-59-59"), new_folder(tmp_path, "2026-11-28_23-59-59")
+    assert first != second and first.is_dir() and second.is_dir()
+
+
+def test_two_comparisons_in_the_same_second_keep_both_reports(tmp_path, monkeypatch):
+    from experiments.studies.compare import compare
+
+    a, b = _copy(tmp_path / "a"), _copy(tmp_path / "b")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr("time.strftime", lambda *_: "2026-11-28_23-59-59")  # the same second, for certain
+    one = compare([a, b], html=True, print_tables=False)
+    two = compare([a, b], html=True, print_tables=False)
+    assert one.out != two.out
+    assert one.html.is_file() and two.html.is_file()
