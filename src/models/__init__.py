@@ -5,4 +5,8 @@ Families: ``blueprint`` (cs231n pattern), ``lenet``, ``alexnet``, ``zfnet``, ``v
 stochastic depth, pre-activation), ``densenet``, ``squeezenet``, ``mobilenet`` (v1, v2). Helpers:
 ``fully_conv`` (FC layers to convolutions), ``profile`` (per-stage parameters and multiply-adds),
 ``geometry`` (feature-map sizes), ``errors`` and ``init``. Each named variant is ``conf/model/<name>.yaml``.
+
+Every family has one interface (``interface``, timm's): ``forward_features``, ``forward_head(...,
+pre_logits)``, ``num_features``, ``get_classifier``/``reset_classifier``; tools find the classifier layer
+and the feature map's module with ``interface.classifier_module`` and ``interface.feature_module``.
 """

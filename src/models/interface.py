@@ -98,6 +98,7 @@ class ClassifierMixin(nn.Module):
         raise NotImplementedError
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``forward_head(forward_features(x))``: the network is defined once, by its two halves."""
         return self.forward_head(self.forward_features(x))
 
     @property
@@ -108,10 +109,14 @@ class ClassifierMixin(nn.Module):
         return self.get_submodule(self.classifier_name)
 
     def reset_classifier(self, num_classes: int) -> None:
-        """Fresh final and auxiliary classifier layers with ``num_classes`` outputs, same keys and device."""
+        """Fresh final and auxiliary classifier layers with ``num_classes`` outputs.
+
+        Same state-dict keys, device, dtype and train/eval mode; every other layer is untouched.
+        """
         require_positive_int("num_classes", num_classes)
         for name in (self.classifier_name, *self.aux_classifier_names):
-            layer = with_outputs(self.get_submodule(name), num_classes)
+            old = self.get_submodule(name)
+            layer = with_outputs(old, num_classes).train(old.training)
             self.init_classifier(layer)
             self.set_submodule(name, layer)
 
