@@ -11,7 +11,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from experiments.analysis.common import AnalysisContext, Logits, analysis_mode
+from experiments.analysis.common import AnalysisContext, Count, Logits, NonNegativeInt, analysis_mode
 from experiments.analysis.figures import image_rows
 from experiments.core.errors import UserError
 
@@ -61,8 +61,8 @@ def accuracy_curve(model: nn.Module, pixels: torch.Tensor, labels: torch.Tensor,
 
 
 def run(ctx: AnalysisContext, epsilons: Sequence[float] = (0.0, 0.01, 0.02, 0.05, 0.1, 0.2),
-        num_images: int = 512, split: str = "test", pgd_steps: int = 0, show_epsilon: float | None = None,
-        num_examples: int = 6) -> dict:
+        num_images: Count = 512, split: str = "test", pgd_steps: NonNegativeInt = 0, show_epsilon: float | None = None,
+        num_examples: NonNegativeInt = 6) -> dict:
     epsilons = [float(e) for e in epsilons]
     if not epsilons or any(not 0 <= e <= 1 for e in epsilons):
         raise UserError(f"analysis.{ctx.name}.epsilons", epsilons, "must be a non-empty list of pixel-unit sizes in [0, 1].",

@@ -18,6 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from experiments.core.errors import UserError, exits_cleanly_on_user_error
 from experiments.core.locations import CONF_DIR as CONF
+from experiments.training import schema
 
 USAGE = ("usage: python -m experiments.analyze run=<run folder or .ckpt> [analysis=[saliency,occlusion,gradcam,...]] "
          "[analysis.<name>.<key>=value] [ckpt=best|last] [key=value ...]")
@@ -100,6 +101,7 @@ def analyze(run: str, settings: DictConfig, overrides: list[str] | None = None, 
     chosen = dict(settings.get("analysis") or {})
     if not chosen:
         raise UserError("analysis", "[]", "selects no analysis.", f"Choose from: {', '.join(available())}.")
+    schema.check(OmegaConf.masked_copy(settings, ["analysis"]))  # types and ranges of every setting
     trained = load_trained(run, str(settings.get("ckpt", "best")), overrides)
     out_dir = trained.run_dir / "analysis"
     loggers = dashboard_loggers(trained.cfg, trained.run_dir) if settings.get("dashboards", True) else []

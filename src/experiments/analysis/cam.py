@@ -14,6 +14,7 @@ from torch import nn
 
 from experiments.analysis.common import (
     AnalysisContext,
+    Count,
     Logits,
     analysis_mode,
     feature_layer,
@@ -77,7 +78,7 @@ def _channels_of(model: nn.Module, images: torch.Tensor, layer: str) -> int:
     return int(captured["o"].shape[1])
 
 
-def run(ctx: AnalysisContext, method: str = "gradcam", layer: str | None = None, num_images: int = 8,
+def run(ctx: AnalysisContext, method: str = "gradcam", layer: str | None = None, num_images: Count = 8,
         split: str = "test", target: str = "predicted") -> dict:
     if method not in METHODS:
         raise UserError(f"analysis.{ctx.name}.method", method, "is not a CAM method.", f"Use one of {', '.join(METHODS)}.")

@@ -11,14 +11,14 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from experiments.analysis.common import AnalysisContext, Logits, analysis_mode
+from experiments.analysis.common import AnalysisContext, Count, Logits, NonNegative, Positive, analysis_mode
 from experiments.analysis.figures import image_rows
 from experiments.analysis.image_optimization import optimize_image, total_variation
 from experiments.core.errors import UserError
 
 
-def class_model(model: nn.Module, shape: tuple[int, int, int], target: int, steps: int = 200, lr: float = 0.1,
-                l2: float = 1e-3, tv: float = 0.0, start: str = "blank", seed: int = 0) -> tuple[torch.Tensor, list[float]]:
+def class_model(model: nn.Module, shape: tuple[int, int, int], target: int, steps: Count = 200, lr: Positive = 0.1,
+                l2: NonNegative = 1e-3, tv: NonNegative = 0.0, start: str = "blank", seed: int = 0) -> tuple[torch.Tensor, list[float]]:
     """(image in model-input space, per-step objective S_c - penalties) for class ``target``."""
     generator = torch.Generator().manual_seed(seed)
     initial = torch.zeros(1, *shape) if start == "blank" else 0.1 * torch.randn(1, *shape, generator=generator)
@@ -32,8 +32,8 @@ def class_model(model: nn.Module, shape: tuple[int, int, int], target: int, step
     return image[0], [-v for v in curve]
 
 
-def run(ctx: AnalysisContext, classes: Sequence[int] | None = None, steps: int = 200, lr: float = 0.1,
-        l2: float = 1e-3, tv: float = 0.0, start: str = "blank", seed: int = 0) -> dict:
+def run(ctx: AnalysisContext, classes: Sequence[int] | None = None, steps: Count = 200, lr: Positive = 0.1,
+        l2: NonNegative = 1e-3, tv: NonNegative = 0.0, start: str = "blank", seed: int = 0) -> dict:
     if start not in ("blank", "noise"):
         raise UserError(f"analysis.{ctx.name}.start", start, "is not a start image.", "Use blank or noise.")
     names = ctx.class_names

@@ -13,13 +13,20 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import numpy as np
 import torch
+from annotated_types import Ge, Gt
 from torch import nn
 
 from experiments.core.errors import UserError
+
+# Ranges of analysis settings, in the signatures (experiments.training.schema checks them before a run).
+Count = Annotated[int, Ge(1)]               # a number of images, steps, channels, ...
+NonNegativeInt = Annotated[int, Ge(0)]
+NonNegative = Annotated[float, Ge(0)]
+Positive = Annotated[float, Gt(0)]
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -124,7 +131,14 @@ def executed_leaves(model: nn.Module, x: torch.Tensor) -> list[tuple[str, nn.Mod
 
 
 def head_layer(model: nn.Module, x: torch.Tensor) -> tuple[str, nn.Module]:
-    """The layer that produces the logits: the last conv/linear layer an eval forward pass runs."""
+    """The layer that produces the logits: the model's final classifier layer (the model interface,
+    :func:`models.interface.classifier_module`); for a model from outside the zoo without the interface,
+    the last conv/linear layer an eval forward pass runs."""
+    from models.interface import classifier_module
+
+    declared = classifier_module(model)
+    if declared is not None:
+        return declared
     weighted = [(n, m) for n, m, *_ in executed_leaves(model, x) if isinstance(m, (nn.Linear, nn.Conv2d))]
     if not weighted:
         raise UserError("model", type(model).__name__, "has no linear or conv layer to analyse.",
@@ -135,10 +149,17 @@ def head_layer(model: nn.Module, x: torch.Tensor) -> tuple[str, nn.Module]:
 def feature_layer(model: nn.Module, x: torch.Tensor) -> str:
     """The default layer for CAMs and unit visualisations: the last spatial feature map.
 
-    The module whose output feeds the global average pooling when there is one (what CAM needs): of the
-    modules returning that very tensor, the outermost (a ResNet block rather than its last ReLU, which
-    the block calls twice); otherwise the last module, run once, whose output is still larger than 1x1.
+    A zoo model names it (:func:`models.interface.feature_module`: the module whose output is
+    ``forward_features``). A model from outside the zoo is traced: the module whose output feeds the
+    global average pooling when there is one (what CAM needs); of the modules returning that very
+    tensor, the outermost (a ResNet block rather than its last ReLU, which the block calls twice);
+    otherwise the last module, run once, whose output is still larger than 1x1.
     """
+    from models.interface import feature_module
+
+    declared = feature_module(model)
+    if declared is not None:
+        return declared[0]
     calls = executed_modules(model, x, leaves_only=False)
     head_name, _ = head_layer(model, x)
     head_at = max(i for i, c in enumerate(calls) if c[0] == head_name)

@@ -10,7 +10,16 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from experiments.analysis.common import AnalysisContext, Logits, analysis_mode, executed_leaves, find_layer
+from experiments.analysis.common import (
+    AnalysisContext,
+    Count,
+    Logits,
+    NonNegative,
+    Positive,
+    analysis_mode,
+    executed_leaves,
+    find_layer,
+)
 from experiments.analysis.figures import image_rows
 from experiments.analysis.image_optimization import optimize_image, total_variation
 
@@ -53,8 +62,8 @@ def default_layers(model: nn.Module, x: torch.Tensor, count: int = 3) -> list[st
     return [unique[round(i * step)] for i in range(count)]
 
 
-def run(ctx: AnalysisContext, layers: Sequence[str] | None = None, num_images: int = 2, split: str = "test",
-        steps: int = 200, lr: float = 0.05, tv: float = 0.05, l2: float = 1e-4, seed: int = 0) -> dict:
+def run(ctx: AnalysisContext, layers: Sequence[str] | None = None, num_images: Count = 2, split: str = "test",
+        steps: Count = 200, lr: Positive = 0.05, tv: NonNegative = 0.05, l2: NonNegative = 1e-4, seed: int = 0) -> dict:
     images, display, labels = ctx.images(num_images, split)
     names = list(layers) if layers else default_layers(ctx.model, images)
     modules = [find_layer(ctx.model, n, f"analysis.{ctx.name}.layers") for n in names]

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from experiments.analysis.common import AnalysisContext, Logits, analysis_mode
+from experiments.analysis.common import AnalysisContext, Count, Logits, Positive, analysis_mode
 from experiments.core.errors import UserError
 
 _NORMS = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm)
@@ -60,7 +60,7 @@ def surface(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, direct
     return losses, errors
 
 
-def run(ctx: AnalysisContext, num_images: int = 1024, split: str = "train", span: float = 1.0,
+def run(ctx: AnalysisContext, num_images: Count = 1024, split: str = "train", span: Positive = 1.0,
         points_1d: int = 21, points_2d: int = 11, two_d: bool = True, seed: int = 0) -> dict:
     if points_1d < 3 or (two_d and points_2d < 3):
         raise UserError(f"analysis.{ctx.name}.points_1d", points_1d, "must be at least 3 (points_2d too).",

@@ -18,6 +18,7 @@ from torch import nn
 
 from experiments.analysis.common import (
     AnalysisContext,
+    Count,
     Logits,
     analysis_mode,
     collect_in_batches,
@@ -80,8 +81,8 @@ def receptive_field(model: nn.Module, layer_name: str, input_shape: tuple[int, i
     return top, left, bottom, right
 
 
-def run(ctx: AnalysisContext, layer: str | None = None, channels: Sequence[int] | None = None, num_channels: int = 8,
-        top_k: int = 9, num_images: int = 2000, split: str = "val", patch_px: int = 32) -> dict:
+def run(ctx: AnalysisContext, layer: str | None = None, channels: Sequence[int] | None = None, num_channels: Count = 8,
+        top_k: Count = 9, num_images: Count = 2000, split: str = "val", patch_px: Count = 32) -> dict:
     if top_k < 1 or num_channels < 1:
         raise UserError(f"analysis.{ctx.name}.top_k", top_k, "and num_channels must be at least 1.", "Use e.g. top_k=9.")
     split = split if getattr(ctx.trained.datamodule, f"{split}_set", None) is not None else "test"

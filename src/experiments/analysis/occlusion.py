@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from experiments.analysis.common import AnalysisContext, Logits, analysis_mode, heat_overlay
+from experiments.analysis.common import AnalysisContext, Count, Logits, analysis_mode, heat_overlay
 from experiments.analysis.figures import image_rows
 from experiments.core.errors import UserError
 
@@ -39,7 +39,7 @@ def occlusion_maps(model: nn.Module, images: torch.Tensor, targets: torch.Tensor
     return clean - drop[:, 0]
 
 
-def run(ctx: AnalysisContext, num_images: int = 8, split: str = "test", window: int | None = None,
+def run(ctx: AnalysisContext, num_images: Count = 8, split: str = "test", window: int | None = None,
         stride: int | None = None, grey: float = 0.5) -> dict:
     images, display, labels = ctx.images(num_images, split)
     size = images.shape[-1]

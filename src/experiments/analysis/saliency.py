@@ -10,12 +10,20 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from experiments.analysis.common import AnalysisContext, Logits, analysis_mode, heat_overlay
+from experiments.analysis.common import (
+    AnalysisContext,
+    Count,
+    Logits,
+    NonNegative,
+    NonNegativeInt,
+    analysis_mode,
+    heat_overlay,
+)
 from experiments.analysis.figures import image_rows
 
 
-def saliency_maps(model: nn.Module, images: torch.Tensor, targets: torch.Tensor, smoothgrad_samples: int = 0,
-                  noise: float = 0.15) -> torch.Tensor:
+def saliency_maps(model: nn.Module, images: torch.Tensor, targets: torch.Tensor, smoothgrad_samples: NonNegativeInt = 0,
+                  noise: NonNegative = 0.15) -> torch.Tensor:
     """(N, H, W) saliency of each image for its target class; ``noise`` is a fraction of the input range."""
     from captum.attr import NoiseTunnel, Saliency
 
@@ -39,8 +47,8 @@ def concentration(maps: torch.Tensor, top_fraction: float = 0.1) -> torch.Tensor
     return flat.topk(k, dim=1).values.sum(1) / flat.sum(1).clamp_min(1e-12)
 
 
-def run(ctx: AnalysisContext, num_images: int = 8, split: str = "test", smoothgrad_samples: int = 0,
-        noise: float = 0.15, target: str = "label") -> dict:
+def run(ctx: AnalysisContext, num_images: Count = 8, split: str = "test", smoothgrad_samples: NonNegativeInt = 0,
+        noise: NonNegative = 0.15, target: str = "label") -> dict:
     images, display, labels = ctx.images(num_images, split)
     with torch.no_grad(), analysis_mode(ctx.model):
         predicted = Logits(ctx.model)(images).argmax(1)

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from experiments.analysis.common import AnalysisContext, collect_in_batches, head_layer
+from experiments.analysis.common import AnalysisContext, Count, Positive, collect_in_batches, head_layer
 from experiments.core.errors import UserError
 
 
@@ -46,7 +46,7 @@ def neighbour_accuracy(points: np.ndarray, labels: np.ndarray, k: int = 5) -> fl
     return float(100.0 * (predicted == labels).mean())
 
 
-def run(ctx: AnalysisContext, num_images: int = 1000, split: str = "test", perplexity: float = 30.0,
+def run(ctx: AnalysisContext, num_images: Count = 1000, split: str = "test", perplexity: Positive = 30.0,
         draw_images: bool = False, seed: int = 0) -> dict:
     images, display, labels = ctx.images(num_images, split)
     if len(images) < 5:

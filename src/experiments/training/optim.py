@@ -91,10 +91,19 @@ def _to_steps(value: Any, unit: str, steps_per_epoch: int, total_steps: int, key
     if value is None:
         return None
     scale = {"step": 1, "epoch": steps_per_epoch, "fraction": total_steps}[unit]
-    if unit == "fraction" and not 0 <= value <= 1:
-        raise UserError(f"scheduler.{key}", value, "is a fraction of training and must lie in [0, 1].",
+    if unit == "fraction" and not 0 < value <= 1:
+        raise UserError(f"scheduler.{key}", value, "is a fraction of training and must lie in (0, 1].",
                         "Use e.g. [0.5, 0.75], or set scheduler.unit=epoch for epoch counts.")
-    return max(1, round(value * scale))
+    if value <= 0:
+        raise UserError(f"scheduler.{key}", value, f"is a length of time in {unit}s and must be positive.",
+                        f"Use e.g. scheduler.{key}=30 (scheduler.unit={unit}).")
+    steps = max(1, round(value * scale))
+    if key in ("milestones", "step_size") and steps > total_steps:
+        raise UserError(f"scheduler.{key}", value, f"lies beyond the end of the run ({value} {unit}s = optimizer "
+                        f"step {steps}; the run has {total_steps}), so that lr decay would never happen.",
+                        "Train longer (trainer.max_epochs), or put the decay inside the run (scheduler.unit=fraction "
+                        "takes fractions of training, e.g. [0.5, 0.75]).")
+    return steps
 
 
 def build_scheduler(cfg: DictConfig, optimizer: torch.optim.Optimizer, total_steps: int,

@@ -12,6 +12,7 @@ from numbers import Real
 from omegaconf import DictConfig, OmegaConf
 
 from experiments.core.errors import UserError
+from experiments.training import schema
 
 PRECISIONS = ("32-true", "32", "64-true", "64", "bf16-mixed", "16-mixed", "bf16-true", "16-true", "transformer-engine")
 
@@ -72,6 +73,7 @@ def _model_choice() -> str | None:
 
 def validate(cfg: DictConfig) -> None:
     require_a_model(cfg, _model_choice())
+    schema.check(cfg)  # every key's type (schema.py); the ranges below
     _number(cfg, "optimizer.lr", 0, low_inclusive=False, fix="Set a positive learning rate, e.g. optimizer.lr=0.1.")
     _number(cfg, "optimizer.weight_decay", 0, fix="Use 0 to disable weight decay, or e.g. 1e-4.")
     _number(cfg, "optimizer.momentum", 0, 1, fix="Use a momentum in [0, 1), e.g. 0.9.")
