@@ -77,6 +77,9 @@ DECLARED: dict[str, Any] = {
     "data.augment.hflip": bool,
     "data.augment.color_jitter": float,
     "data.augment.scale": list[int],
+    # conf/analyze.yaml's own keys (experiments.analyze)
+    "ckpt": str,
+    "dashboards": bool,
     # a study's description of its variants (experiment/depth_vs_width), read by its sweep
     "study": ANY,
 }
