@@ -70,9 +70,10 @@ def assert_refused(result: subprocess.CompletedProcess, words: list[str] = (), c
 
 
 def tree_hashes(folder: Path) -> dict[str, str]:
-    """Every file under ``folder`` with its sha256: to prove a command changed nothing there."""
-    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(folder.rglob("*")) if p.is_file()}
+    """Every file under ``folder`` with its sha256, and every folder (as ``<folder>``): to prove a command
+    changed nothing there, not even an empty folder left behind."""
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest() if p.is_file() else "<folder>"
+            for p in sorted(folder.rglob("*")) if p.is_file() or p.is_dir()}
 
 
 def run_folders(outputs: Path) -> list[Path]:

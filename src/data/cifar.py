@@ -49,8 +49,8 @@ class CIFAR10DataModule(InMemoryDataModule):
         folder = locate(
             self.name, self.root, subfolders=[base, f"{self.name}/{base}"], required=required,
             system_folder=None, download=self._download, allow_download=self.download,
-            how_to_get=f"Download the python version of {self.name.upper()} and unpack it into data.root "
-                       f"(so that <root>/{base}/ holds the files), or run with network access and data.download=true.",
+            how_to_get=f"Download the python version of {self.name.upper()} and unpack it into {{root}} "
+                       f"(so that {{root}}/{base}/ holds the files), or run with network access and data.download=true.",
         )
         # The files may sit in a folder of another name (data.root pointing straight at them).
         reader = type(self.reader.__name__, (self.reader,), {"base_folder": folder.name})

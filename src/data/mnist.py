@@ -22,7 +22,7 @@ class MNISTDataModule(InMemoryDataModule):
     classes = [str(d) for d in range(10)]
     torchvision_class = "MNIST"
     system_folder: str | None = "mnist"
-    how_to_get = ("Put the four IDX files (train-images-idx3-ubyte[.gz], ...) under data/mnist/, or run once "
+    how_to_get = ("Put the four IDX files (train-images-idx3-ubyte[.gz], ...) under {root}/mnist/, or run once "
                   "with network access and data.download=true.")
 
     def folder(self) -> Path:
@@ -58,5 +58,5 @@ class FashionMNISTDataModule(MNISTDataModule):
     torchvision_class = "FashionMNIST"
     system_folder = "fashion-mnist"
     how_to_get = ("On Debian/Ubuntu: `apt-get install dataset-fashion-mnist` (files land in "
-                  "/usr/share/datasets/fashion-mnist), or put the four IDX files under data/fashion_mnist/, "
+                  "/usr/share/datasets/fashion-mnist), or put the four IDX files under {root}/fashion_mnist/, "
                   "or run with network access and data.download=true.")

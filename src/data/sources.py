@@ -34,7 +34,8 @@ def locate(
     allow_download: bool,
     how_to_get: str,
 ) -> Path:
-    """Find (or download) the folder with ``required`` files for ``dataset``; explain when impossible."""
+    """Find (or download) the folder with ``required`` files for ``dataset``; explain when impossible.
+    ``{root}`` in ``how_to_get`` becomes the ``data.root`` the user gave (not the default ``data/``)."""
     root = Path(root).expanduser()
     candidates = [root / sub for sub in subfolders] + [root]
     if system_folder:
@@ -57,5 +58,5 @@ def locate(
     raise DataConfigError(
         "root", str(root),
         f"the {dataset} files ({', '.join(required)}) were not found in any of: {searched}; {download_problem}.",
-        how_to_get,
+        how_to_get.replace("{root}", str(root).rstrip("/") or "/"),
     )

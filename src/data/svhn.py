@@ -31,7 +31,7 @@ class SVHNDataModule(InMemoryDataModule):
             self.name, self.root, subfolders=["svhn"], required=[filename], system_folder=None,
             download=lambda root: SVHN(str(root / "svhn"), split=split, download=True),
             allow_download=self.download,
-            how_to_get="Put train_32x32.mat and test_32x32.mat (SVHN format 2) under data/svhn/, or run with "
+            how_to_get="Put train_32x32.mat and test_32x32.mat (SVHN format 2) under {root}/svhn/, or run with "
                        "network access and data.download=true.",
         )
         try:

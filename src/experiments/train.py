@@ -11,6 +11,8 @@ trial's run folder and the job returns NaN, which Optuna records as a failed tri
 
 from __future__ import annotations
 
+import sys
+
 import hydra
 from omegaconf import DictConfig
 
@@ -32,21 +34,33 @@ def _single_run(cfg: DictConfig) -> float:
 
 
 def _train(cfg: DictConfig) -> float:
-    from experiments.training.pipeline import train
+    try:
+        from experiments.training.pipeline import train  # (torch and Lightning load here: seconds)
+    except KeyboardInterrupt:  # Ctrl-C while the code loads: Hydra already made the run folder
+        from pathlib import Path
 
+        from experiments.core.runs import remove_unused_run_folder
+
+        remove_unused_run_folder(Path(cfg.paths.run_dir), Path(cfg.paths.output_root))
+        print("\nInterrupted before training started; no run folder was kept.", file=sys.stderr, flush=True)
+        raise SystemExit(130) from None
     return train(cfg)
 
 
 if __name__ == "__main__":
-    import sys
-
-    from experiments.core.fast_help import print_help, wants_app_help
+    from experiments.core.fast_help import print_help, unknown_option, wants_app_help
 
     if wants_app_help(sys.argv):
         print_help("train", "train", sys.argv)
         sys.exit(0)
-    if not any(a.startswith("--") for a in sys.argv[1:]):  # --cfg, --info ... write nothing
-        from experiments.core.runs import check_output_root_of
+    unknown = unknown_option(sys.argv[1:])
+    if unknown:
+        import textwrap
 
-        check_output_root_of(sys.argv[1:])
+        print(textwrap.fill(unknown, width=100), file=sys.stderr)
+        sys.exit(2)
+    if not any(a.startswith("--") for a in sys.argv[1:]):  # --cfg, --info ... write nothing
+        from experiments.core.runs import check_output_folders
+
+        check_output_folders(sys.argv[1:])
     main()

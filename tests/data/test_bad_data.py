@@ -47,16 +47,19 @@ def setup_all(dm) -> None:
 
 # --- missing datasets -------------------------------------------------------------------------------
 @pytest.mark.parametrize(("name", "hint"), [
-    ("mnist", "data/mnist/"),
+    ("mnist", "under {root}/mnist/"),
     ("fashion_mnist", "apt-get install dataset-fashion-mnist"),
-    ("cifar10", "cifar-10-batches-py"),
+    ("cifar10", "so that {root}/cifar-10-batches-py/"),
     ("cifar100", "cifar-100-python"),
-    ("svhn", "train_32x32.mat"),
+    ("svhn", "under {root}/svhn/"),
 ])
 def test_missing_dataset(tmp_path, name, hint):
+    """The fix names the data.root the user gave, never the default data/ folder."""
     dm = build(name, f"data.root={tmp_path}", NO_DOWNLOAD)
-    with data_error("root", tmp_path, contains=(hint, "data.download is false", "data.download=true")):
+    hint = hint.replace("{root}", str(tmp_path))
+    with data_error("root", tmp_path, contains=(hint, "data.download is false", "data.download=true")) as caught:
         dm.setup("fit")
+    assert " data/" not in str(caught.value)
 
 
 def test_failed_download_is_explained(tmp_path, monkeypatch):

@@ -45,3 +45,8 @@ class SignalAtStep(pl.Callback):
 
         if os.environ.get("CNN_TEST_DIE") and trainer.global_step == self.step:
             os.kill(os.getpid(), signal.SIGTERM)
+
+
+def interrupted_datamodule(**_settings):
+    """A ``data._target_`` that is Ctrl-C pressed while the data loads (before training starts)."""
+    raise KeyboardInterrupt

@@ -8,6 +8,8 @@ and the composed config (one composition), in a fraction of that. ``--hydra-help
 
 from __future__ import annotations
 
+import difflib
+import re
 import sys
 from pathlib import Path
 
@@ -56,3 +58,30 @@ def print_help(app: str, config_name: str, argv: list[str], stream=sys.stdout) -
               OmegaConf.to_yaml(cfg), "Powered by Hydra (https://hydra.cc)",
               "Use --hydra-help to view Hydra specific help"]
     print("\n".join(lines), file=stream)
+
+
+_SIMPLE = re.compile(r"^[A-Za-z0-9_.-]+$")
+
+
+def unknown_option(argv: list[str], conf: Path = CONF) -> str | None:
+    """One paragraph for a ``group=option`` whose option does not exist (Hydra prints its 60-line listing
+    of every option instead), with the closest names; None when every choice exists. Sweeps
+    (``model=a,b``) are checked name by name; ``glob(...)``, ``null`` and interpolations are Hydra's."""
+    groups = config_groups(conf)
+    for argument in argv:
+        if argument.startswith("-") or "=" not in argument:
+            continue
+        group, value = argument.lstrip("+~").split("=", 1)
+        if group not in groups or not value or value == "null":
+            continue
+        names = [v.strip() for v in value.strip("[]").split(",")]
+        if not all(_SIMPLE.match(n) for n in names):
+            continue  # glob(...), range(...), ${...}: Hydra's syntax
+        options = groups[group]
+        for name in names:
+            if name not in options:
+                close = difflib.get_close_matches(name, options, n=4, cutoff=0.5)
+                hint = f"Did you mean {', '.join(close)}? " if close else ""
+                return (f"Error: {group}={name}: there is no such {group} (conf/{group}/{name}.yaml does not exist). "
+                        f"{hint}`python -m experiments.train --help` lists every {group}.")
+    return None

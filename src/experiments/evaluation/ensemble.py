@@ -29,6 +29,8 @@ torch is imported where it is used, so a missing run or a mismatched ensemble is
 from __future__ import annotations
 
 import copy
+import datetime
+import sys
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -58,8 +60,8 @@ def eval_trainer(cfg: DictConfig, run_dir: Path):
 
 
 def time_stamp() -> str:
-    """A file-name time stamp that two evaluations in the same second do not share."""
-    return f"{time.strftime('%Y-%m-%d_%H-%M-%S')}-{time.time_ns() % 10**6}"
+    """A file-name time stamp to the microsecond, zero-padded so that names sort in time order."""
+    return datetime.datetime.now().strftime("%Y-%m-%d_%H-%M-%S-%f")
 
 
 # --- errors from probabilities -----------------------------------------------------------------------
@@ -260,17 +262,21 @@ def resolve_members(targets: Sequence[tuple[str, str]], ckpt: str, overrides: li
     """
     from experiments.evaluation.trained import apply_overrides
 
-    members = []
+    members: list[Member] = []
     for key, target in targets:
-        run_dir, explicit = runs.run_folder_of(target, key=key)
-        cfg = runs.load_run_config(run_dir)
+        folder, explicit = runs.RunFolder.of(target, key=key)
+        folder.refuse_if_in_use("experiments.eval")  # the record is written into the first run's folder
+        cfg = folder.config()
         if overrides:
             cfg = apply_overrides(cfg, list(overrides))
-        checkpoint = explicit or runs.choose_checkpoint(run_dir, ckpt)
+        checkpoint = explicit or folder.checkpoint(ckpt)
         if not checkpoint.is_file():
             raise UserError("ckpt", str(checkpoint), f"does not exist (for {key}={target}).",
                             "Use ckpt=best, ckpt=last or a .ckpt path.")
-        members.append(Member(target=target, key=key, run_dir=run_dir, checkpoint=checkpoint, cfg=cfg))
+        if any(m.checkpoint.resolve() == checkpoint.resolve() for m in members):
+            print(f"note: {key}={target} is already a member ({checkpoint.name}): counted once.", file=sys.stderr)
+            continue  # the same network twice would weigh double in the average
+        members.append(Member(target=target, key=key, run_dir=folder.path, checkpoint=checkpoint, cfg=cfg))
     first = members[0]
     for member in members[1:]:
         for name in SHARED_KEYS:

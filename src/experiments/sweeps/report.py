@@ -31,6 +31,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from experiments.core.errors import EXIT_USER_ERROR, UserError, report
 from experiments.core.runs import RunFolder
+from experiments.sweeps import pruned
 
 SWEEP_CONFIG = "multirun.yaml"
 _TRIAL_DIR = re.compile(r"^(\d+)(?:_.*)?$")
@@ -62,6 +63,7 @@ class Trial:
     epochs: int | None = None
     wall_time_s: float | None = None
     reason: str | None = None
+    pruned_value: float | None = None   # the objective when the pruner stopped the trial
 
     @property
     def best_val_acc(self) -> float | None:
@@ -156,10 +158,14 @@ def _read_trial(run_dir: Path, info: SweepInfo) -> Trial:
     metrics = summary.get("metrics") or {}
     objective = _finite(metrics.get(info.metric)) if status == "finished" else None
     reason = f"{failure.get('kind')}: {failure.get('reason')}" if failure else ("; ".join(damaged) or None)
+    record = (summary.get("pruned") or pruned.read_record(run_dir) or {}) if status == pruned.STATUS else {}
+    if record and not reason:
+        reason = pruned.describe(record)
     return Trial(number=number, run_dir=run_dir, status=status, params=params, overrides=overrides,
                  objective=objective, best_val_err=_finite(summary.get("best_val_err")),
                  epochs=summary.get("epochs"),
-                 wall_time_s=(summary or failure or {}).get("wall_time_s"), reason=reason)
+                 wall_time_s=(summary or failure or {}).get("wall_time_s"), reason=reason,
+                 pruned_value=_finite(record.get("value")))
 
 
 def _finite(value: Any) -> float | None:
@@ -243,7 +249,8 @@ def print_table(info: SweepInfo, trials: list[Trial], title: str, console=None) 
         table.add_column(name, justify="left" if name in ("status", "reason") else "right",
                          overflow="fold")
     for trial in trials:
-        style = None if trial.ok else ("red" if trial.status == "failed" else "yellow")
+        style = None if trial.ok else ("red" if trial.status == "failed" else "dim" if trial.status == pruned.STATUS
+                                       else "yellow")
         table.add_row(*row(trial, info), style=style)
     console.print(table)
 
@@ -260,8 +267,10 @@ def plot(sweep_dir: Path, info: SweepInfo, trials: list[Trial]) -> list[Path]:
     ok = [t for t in trials if t.ok]
     for key in info.keys:
         good = [(t.params[key], t.objective) for t in ok if isinstance(t.params.get(key), float)]
-        bad = [t.params[key] for t in trials if not t.ok and isinstance(t.params.get(key), float)]
-        if not good and not bad:
+        bad = [t.params[key] for t in trials if t.status == "failed" and isinstance(t.params.get(key), float)]
+        stopped = [(t.params[key], t.pruned_value) for t in trials if t.status == pruned.STATUS
+                   and t.pruned_value is not None and isinstance(t.params.get(key), float)]
+        if not good and not bad and not stopped:
             continue
         fig, ax = plt.subplots(figsize=(5.5, 4))
         if good:
@@ -270,10 +279,13 @@ def plot(sweep_dir: Path, info: SweepInfo, trials: list[Trial]) -> list[Path]:
             if isinstance(best.params.get(key), float):
                 ax.scatter([best.params[key]], [best.objective], s=140, marker="*", color="gold",
                            edgecolors="black", zorder=3, label=f"best (trial {best.number})")
+        if stopped:
+            ax.scatter([x for x, _ in stopped], [y for _, y in stopped], s=22, marker="v", color="grey",
+                       label="pruned (value when stopped)")
         if bad:
             top = max((y for _, y in good), default=1.0)
             ax.scatter(bad, [top] * len(bad), marker="x", color="red", label="failed", clip_on=False)
-        if key in info.log_keys and all(x > 0 for x in [*(x for x, _ in good), *bad]):
+        if key in info.log_keys and all(x > 0 for x in [*(x for x, _ in good), *bad, *(x for x, _ in stopped)]):
             ax.set_xscale("log")
         ax.set_xlabel(key + (" (log scale)" if key in info.log_keys else ""))
         ax.set_ylabel(f"{info.metric} ({'lower' if info.direction == 'minimize' else 'higher'} is better)")
@@ -299,8 +311,9 @@ def make_report(sweep_dir: Path, plots: bool = True, console=None) -> tuple[Swee
     info, trials = read_sweep(sweep_dir)
     done = sum(t.ok for t in trials)
     failed = sum(t.status == "failed" for t in trials)
-    title = (f"{sweep_dir}: {len(trials)} trials, {done} finished, {failed} failed; objective {info.metric} "
-             f"({info.direction}), best first")
+    stopped = sum(t.status == pruned.STATUS for t in trials)
+    title = (f"{sweep_dir}: {len(trials)} trials, {done} finished, " + (f"{stopped} pruned, " if stopped else "")
+             + f"{failed} failed; objective {info.metric} ({info.direction}), best first")
     print_table(info, trials, title, console=console)
     csv_path, md_path = write_tables(sweep_dir, info, trials)
     written = plot(sweep_dir, info, trials) if plots else []

@@ -7,6 +7,11 @@ CUDA running out of memory, a diverged loss) ends here: its reason goes into ``f
 ``summary.json`` (``status: failed``) in the trial's run folder, and the trial returns NaN.
 KeyboardInterrupt is not caught, so Ctrl-C still stops the sweep.
 
+In a sweep with a pruner, the job's environment names its Optuna trial
+(:mod:`experiments.sweeps.trial_link`): the trial then trains with the pruning callback
+(:mod:`experiments.sweeps.pruning`), and a trial the pruner stopped gets ``status: pruned`` in its
+``summary.json`` here, once training has ended (the pipeline writes that file as it ends any run).
+
 Kept free of torch and Lightning imports: ``experiments.train`` imports this module at start-up.
 """
 
@@ -28,6 +33,7 @@ from omegaconf import DictConfig
 
 from experiments.core.errors import UserError
 from experiments.core.runs import RunFolder, write_json_atomic
+from experiments.sweeps import pruned, trial_link
 
 log = logging.getLogger(__name__)
 
@@ -47,8 +53,9 @@ def run_trial(cfg: DictConfig, train: Callable[[DictConfig], float]) -> float:
     """Run ``train(cfg)`` as a sweep trial: its objective, or NaN with the reason in its run folder."""
     run_dir = Path(str(cfg.paths.run_dir))
     started = time.time()
+    child_overrides = _attach_pruning(cfg, run_dir)
     try:
-        with _ddp_children_run_this_trial_only():
+        with _ddp_children_run_this_trial_only(child_overrides):
             value = float(train(cfg))
     except Exception as error:  # every failure of one trial, on purpose: the other trials still run
         kind, reason = classify(error)
@@ -66,7 +73,30 @@ def run_trial(cfg: DictConfig, train: Callable[[DictConfig], float]) -> float:
         log.error(f"Trial failed ({kind}): {reason}")
         record_failure(run_dir, kind, reason, started)
         return math.nan
+    record = pruned.read_record(run_dir)
+    if record is not None:
+        pruned.mark_summary(run_dir, record)
     return value
+
+
+PRUNING_CALLBACK = "sweep_pruning"
+_PRUNING_TARGET = "experiments.sweeps.pruning.PruneTrial"
+
+
+def _attach_pruning(cfg: DictConfig, run_dir: Path) -> list[str]:
+    """In a pruning sweep, add the pruning callback to this trial's config; returns the overrides that
+    give Lightning's DDP processes the same callback (they compose their config from the command line)."""
+    from omegaconf import open_dict
+
+    if trial_link.from_env() is None:
+        return []
+    metric = str(cfg.get("optimized_metric", "val/err_best"))
+    with open_dict(cfg):
+        if cfg.get("callbacks") is None:
+            cfg.callbacks = {}
+        cfg.callbacks[PRUNING_CALLBACK] = {"_target_": _PRUNING_TARGET, "metric": metric, "run_dir": str(run_dir)}
+    return [f"+callbacks.{PRUNING_CALLBACK}._target_={_PRUNING_TARGET}",
+            f"+callbacks.{PRUNING_CALLBACK}.metric={metric}"]
 
 
 def bad_result(run_dir: Path, metric: str, value: float) -> tuple[str, str] | None:
@@ -179,7 +209,7 @@ def _job_num() -> int | None:
 
 
 @contextmanager
-def _ddp_children_run_this_trial_only() -> Iterator[None]:
+def _ddp_children_run_this_trial_only(extra_overrides: list[str] = ()) -> Iterator[None]:
     """Make Lightning's DDP child processes re-run this one trial, not the whole sweep.
 
     Lightning starts the extra DDP processes by re-running the command line: ``sys.argv[1:]`` plus
@@ -204,7 +234,7 @@ def _ddp_children_run_this_trial_only() -> Iterator[None]:
         return
     saved_argv, saved_run_dir = list(sys.argv), hydra_cfg.run.dir
     saved_env = {key: os.environ.get(key) for key in _DDP_ENV}
-    sys.argv = [sys.argv[0], *hydra_cfg.overrides.task]
+    sys.argv = [sys.argv[0], *hydra_cfg.overrides.task, *extra_overrides]
     with read_write(hydra_cfg):
         hydra_cfg.run.dir = output_dir
     try:

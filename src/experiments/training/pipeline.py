@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import math
 import os
-import shutil
 import sys
 import time
 from pathlib import Path
@@ -62,12 +61,17 @@ def train(cfg: DictConfig) -> float:
             if adopting:
                 _adopt_resumed_config(cfg, resume_dir, saved, extra_epochs)
             prepared = _prepare(cfg, resume_dir)
+        except KeyboardInterrupt:  # Ctrl-C before training started: nothing worth keeping was made
+            if _is_launcher_process():
+                runs.remove_unused_run_folder(fresh_dir, Path(cfg.paths.output_root))
+            print("\nInterrupted before training started; no run folder was kept.", file=sys.stderr, flush=True)
+            raise SystemExit(130) from None
         except Exception:
             if _is_launcher_process():
-                _remove_unused_run_folder(fresh_dir, Path(cfg.paths.output_root))
+                runs.remove_unused_run_folder(fresh_dir, Path(cfg.paths.output_root))
             raise
         if resume_dir is not None and _is_launcher_process() and resume_dir.resolve() != fresh_dir.resolve():
-            _remove_unused_run_folder(fresh_dir, Path(cfg.paths.output_root))
+            runs.remove_unused_run_folder(fresh_dir, Path(cfg.paths.output_root))
         return _fit_and_test(cfg, started, **prepared)
 
 
@@ -117,26 +121,6 @@ def _resume_overrides(cfg: DictConfig, saved: DictConfig) -> int | None:
                         f"`{override}` would not apply.", "Resume without it (only trainer.max_epochs may "
                         "grow), or start a new run with the changed settings.")
     return extra_epochs
-
-
-def _remove_unused_run_folder(folder: Path, output_root: Path) -> None:
-    """Remove the folder Hydra made for this call when nothing of a run went into it, and the folders
-    above it (``train/<date>/``) that it leaves empty, up to ``paths.output_root``: a refused command
-    leaves no litter."""
-    if not folder.is_dir():
-        return
-    leftovers = {p.name for p in folder.iterdir()} - {".hydra", "train.log", runs.LOCK_FILE}
-    if leftovers:
-        return
-    shutil.rmtree(folder, ignore_errors=True)
-    root = output_root.resolve()
-    for parent in folder.resolve().parents:
-        if parent == root or root not in parent.parents:
-            break
-        try:
-            parent.rmdir()  # only when empty
-        except OSError:
-            break
 
 
 def _prepare(cfg: DictConfig, resume_dir: Path | None) -> dict[str, Any]:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 from numbers import Real
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from experiments.core.errors import UserError
 from experiments.training import schema
@@ -65,6 +65,28 @@ def require_a_model(cfg: DictConfig, choice: str | None) -> None:
                                f"Set it on the command line (model.{missing[0]}=...) or in the model config.")
 
 
+def _check_hardware(trainer: DictConfig) -> None:
+    """The accelerator and device count the trainer asks for exist on this machine (Lightning would fail
+    inside the run with its own exception, after the run folder was made)."""
+    import torch
+
+    accelerator = str(trainer.get("accelerator", "auto")).lower()
+    devices = trainer.get("devices", "auto")
+    if devices == 0 or (isinstance(devices, (list, ListConfig)) and len(devices) == 0):
+        raise UserError("trainer.devices", devices, "asks for no device at all.",
+                        "Use trainer.devices=1 (or a count, or auto).")
+    available = {"gpu": torch.cuda.is_available(), "cuda": torch.cuda.is_available(),
+                 "mps": torch.backends.mps.is_available(), "tpu": False}
+    if accelerator in available and not available[accelerator]:
+        raise UserError("trainer.accelerator", accelerator, f"is not available: this machine has no visible "
+                        f"{'GPU' if accelerator in ('gpu', 'cuda') else accelerator.upper()}"
+                        f"{' (torch.cuda.is_available() is False)' if accelerator in ('gpu', 'cuda') else ''}.",
+                        "Train on the CPU (trainer=cpu, or trainer.accelerator=cpu), or run on a machine with one.")
+    if accelerator in ("gpu", "cuda") and isinstance(devices, int) and devices > torch.cuda.device_count():
+        raise UserError("trainer.devices", devices, f"asks for more GPUs than the {torch.cuda.device_count()} "
+                        "visible here.", f"Use trainer.devices={torch.cuda.device_count()} or fewer.")
+
+
 def _model_choice() -> str | None:
     from hydra.core.hydra_config import HydraConfig
 
@@ -88,6 +110,7 @@ def validate(cfg: DictConfig) -> None:
                                          and not trainer.get("fast_dev_run")):
         raise UserError("trainer.max_epochs", trainer.get("max_epochs"), "leaves nothing to train.",
                         "Set trainer.max_epochs to a positive number (or trainer.max_steps).")
+    _check_hardware(trainer)
     precision = str(trainer.get("precision", "32-true"))
     if precision not in PRECISIONS:
         raise UserError("trainer.precision", precision, "is not a precision Lightning knows.",
