@@ -12,8 +12,7 @@ import numpy as np
 import optuna
 import pytest
 from hydra.utils import instantiate
-from hydra_plugins.hydra_optuna_sweeper._impl import create_params_from_overrides
-from optuna.distributions import LogUniformDistribution
+from optuna.distributions import FloatDistribution
 from scipy import stats
 
 from experiments.sweeps.coarse_to_fine import _sets_key, interval_override, narrow
@@ -26,8 +25,7 @@ def _space(cfg) -> tuple[object, dict]:
     """The sweeper Hydra would build from ``cfg``, and the Optuna distributions it searches."""
     sweeper = instantiate(cfg.hydra.sweeper)
     impl = sweeper.sweeper
-    distributions, _fixed = create_params_from_overrides(impl._parse_sweeper_params_config())
-    return impl, distributions
+    return impl, impl.search_space([]).distributions
 
 
 def _draw(sampler, distributions: dict, n: int) -> dict[str, np.ndarray]:
@@ -48,7 +46,7 @@ def test_random_log_samples_log_uniformly(compose, key):
     impl, distributions = _space(cfg)
     assert type(impl.sampler).__name__ == "RandomSampler"
     dist = distributions[key]
-    assert isinstance(dist, LogUniformDistribution)
+    assert isinstance(dist, FloatDistribution) and dist.log
     values = _draw(impl.sampler, distributions, 500)[key]
     assert values.min() >= dist.low and values.max() <= dist.high
     lo, hi = math.log10(dist.low), math.log10(dist.high)
@@ -67,7 +65,7 @@ def test_tpe_preset_searches_the_same_log_space(compose):
     _, random_space = _space(compose(["hparams_search=random_log"]))
     assert type(impl.sampler).__name__ == "TPESampler"
     assert distributions == random_space
-    assert all(isinstance(d, LogUniformDistribution) for d in distributions.values())
+    assert all(isinstance(d, FloatDistribution) and d.log for d in distributions.values())
 
 
 def test_grid_preset_is_log_spaced_with_the_basic_sweeper(compose):
@@ -84,8 +82,8 @@ def test_search_range_overridable_from_the_command_line(compose):
                    "~hydra.sweeper.params.optimizer.weight_decay", "hydra.sweeper.direction=maximize",
                    "optimized_metric=val/acc"])
     impl, distributions = _space(cfg)
-    assert distributions == {"optimizer.lr": LogUniformDistribution(1e-5, 1e-2)}
-    assert impl._get_directions() == ["maximize"]
+    assert distributions == {"optimizer.lr": FloatDistribution(1e-5, 1e-2, log=True)}
+    assert impl.directions == ["maximize"]
     assert cfg.optimized_metric == "val/acc"
 
 
