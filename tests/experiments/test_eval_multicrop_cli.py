@@ -53,18 +53,33 @@ def test_one_crop_reproduces_the_runs_test_error_and_ten_crops_are_reported(two_
                                               for c in (1, 10)}
 
 
-def test_ensemble_of_a_run_with_itself_is_the_run(two_runs):
+def test_an_ensemble_averages_the_probabilities_of_two_different_runs(two_runs):
+    from experiments.evaluation.ensemble import crop_probabilities, errors_of
+    from experiments.evaluation.evaluate import main
+    from experiments.evaluation.trained import load_trained
+
+    first, second = two_runs
+    record = main([f"eval.runs=[{first},{second}]", "eval.crops=[1,10]"])
+    assert record["kind"] == "ensemble" and len(record["members"]) == 2
+    # The mean computed here, independently: each run's own probabilities, averaged by hand.
+    (labels, p1), (_, p2) = (crop_probabilities(load_trained(r), [1, 10]) for r in (first, second))
+    for crops in (1, 10):
+        mean = (p1[crops] + p2[crops]) / 2
+        assert record["ensemble"][str(crops)] == errors_of(mean, labels, record["top_k"])
+    # ... which is neither member alone (so a "first member only" or "last member only" bug shows).
+    singles = [errors_of(p[1], labels, record["top_k"]) for p in (p1, p2)]
+    assert singles[0] != singles[1] and record["ensemble"]["1"] not in singles
+    Path(record["path"]).unlink()  # leave the folder to the other tests as it was
+
+
+def test_a_run_listed_twice_counts_once(two_runs, capsys):
     from experiments.evaluation.evaluate import main
 
     run, _ = two_runs
-    record = main([f"eval.runs=[{run},{run}]", "eval.crops=[1,144]", "data.test_subset=4"])
-    assert record["kind"] == "ensemble" and len(record["members"]) == 2 and record["num_test"] == 4
-    for crops in ("1", "144"):
-        first, second = (member["errors"][crops] for member in record["members"])
-        assert first == second == record["ensemble"][crops]  # (p + p) / 2 == p, so not merely close
-    (written,) = _records(run, "ensemble-*.json")
-    assert written == record
-    Path(record["path"]).unlink()  # leave the folder to the other tests as it was
+    record = main([f"run={run}", f"eval.runs=[{run}]", "data.test_subset=4"])
+    assert record["kind"] == "multicrop" and len(record["members"]) == 1
+    assert "counted once" in capsys.readouterr().err
+    Path(record["path"]).unlink()
 
 
 def test_ensemble_of_two_runs_on_the_command_line(two_runs):

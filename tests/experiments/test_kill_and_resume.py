@@ -4,18 +4,14 @@ with exactly the weights and metrics of a run that was never interrupted."""
 from __future__ import annotations
 
 import json
-import os
 import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
 import torch
-from tests.conftest import TESTS, TINY, last_weights, run_cli, run_folders
+from tests.conftest import TINY, last_weights, run_cli, run_folders
 
-# ~60 steps per epoch, so a signal sent shortly after the first last.ckpt lands mid-epoch.
+# 64 steps per epoch; the runs signal themselves at a known step (SignalAtStep), mid-epoch.
 COMMAND = [*TINY, "data.num_train=2048", "data.batch_size=32", "trainer.max_epochs=3", "model.dropout=0.3",
            "data.augment.crop_padding=2", "data.augment.hflip=true", "scheduler=cosine"]
 
@@ -29,20 +25,18 @@ def uninterrupted(tmp_path_factory) -> Path:
     return run_folders(workdir / "outputs")[0]
 
 
-def _start_and_kill(workdir: Path, sig: int) -> tuple[int, Path, int]:
-    env = {**os.environ, "PYTHONPATH": str(TESTS / "helpers"), "WANDB_MODE": "offline"}
-    process = subprocess.Popen([sys.executable, "-m", "experiments.train", *COMMAND], cwd=workdir, env=env,
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.time() + 240
-    while not list(workdir.glob("outputs/train/*/*/checkpoints/last.ckpt")):
-        assert process.poll() is None and time.time() < deadline, "training ended before its first epoch"
-        time.sleep(0.05)
-    time.sleep(0.5)  # into the second epoch
-    process.send_signal(sig)
-    _, stderr = process.communicate(timeout=120)
+def _kill_at(step: int, sig: str) -> list[str]:
+    """Overrides that make the run signal itself after optimizer step ``step`` (with CNN_TEST_DIE set)."""
+    return ["+callbacks.sig._target_=crash_callbacks.SignalAtStep", f"+callbacks.sig.step={step}",
+            f"+callbacks.sig.signal={sig}"]
+
+
+def _start_and_kill(workdir: Path, sig: str) -> tuple[int, Path, int, str]:
+    """Run COMMAND and kill it with a real signal at step 80: 16 steps into the second epoch of 64."""
+    result = run_cli("experiments.train", *COMMAND, *_kill_at(80, sig), cwd=workdir, env={"CNN_TEST_DIE": "1"})
     (run,) = run_folders(workdir / "outputs")
     step = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["global_step"]
-    return process.returncode, run, step, stderr
+    return result.returncode, run, step, result.stderr
 
 
 def _assert_same_end(run: Path, reference: Path) -> None:
@@ -56,31 +50,29 @@ def _assert_same_end(run: Path, reference: Path) -> None:
 
 
 def test_sigterm_mid_epoch_saves_state_and_resumes_exactly(uninterrupted, tmp_path):
-    code, run, step, stderr = _start_and_kill(tmp_path, signal.SIGTERM)
+    code, run, step, stderr = _start_and_kill(tmp_path, "SIGTERM")
     assert code == 143, stderr[-2000:]
     assert "Continue with: python -m experiments.train resume=" in stderr
     assert "Traceback" not in stderr
     summary = json.loads((run / "summary.json").read_text())
     assert summary["status"] == "interrupted"
-    steps_per_epoch = json.loads((uninterrupted / "summary.json").read_text())["steps"] // 3
-    assert step % steps_per_epoch != 0, "the signal was meant to land mid-epoch"
+    assert step == 80, "the state at the signal's step was saved"
     run_cli("experiments.train", f"resume={run}", "quiet=true", cwd=tmp_path, check=True)
     _assert_same_end(run, uninterrupted)
 
 
 def test_sigkill_mid_epoch_resumes_from_the_last_complete_epoch_exactly(uninterrupted, tmp_path):
-    code, run, step, _ = _start_and_kill(tmp_path, signal.SIGKILL)
+    code, run, step, _ = _start_and_kill(tmp_path, "SIGKILL")
     assert code == -signal.SIGKILL
-    steps_per_epoch = json.loads((uninterrupted / "summary.json").read_text())["steps"] // 3
-    assert step % steps_per_epoch == 0, "after SIGKILL the last complete epoch's checkpoint remains"
-    run_cli("experiments.train", *COMMAND, "resume=true", cwd=tmp_path, check=True)
+    assert json.loads((uninterrupted / "summary.json").read_text())["steps"] == 192  # 64 per epoch
+    assert step == 64, "after SIGKILL the last complete epoch's checkpoint remains"
+    run_cli("experiments.train", *COMMAND, *_kill_at(80, "SIGKILL"), "resume=true", cwd=tmp_path, check=True)
     _assert_same_end(run, uninterrupted)
 
 
 def test_sigterm_in_the_last_epoch_keeps_the_epochs_running_sums(uninterrupted, tmp_path):
     # Step 150 of 192 lies inside the last epoch: its train/loss must still average every batch.
-    signal_late = ["+callbacks.sig._target_=crash_callbacks.SignalAtStep", "+callbacks.sig.step=150"]
-    stopped = run_cli("experiments.train", *COMMAND, *signal_late, cwd=tmp_path, env={"CNN_TEST_DIE": "1"})
+    stopped = run_cli("experiments.train", *COMMAND, *_kill_at(150, "SIGTERM"), cwd=tmp_path, env={"CNN_TEST_DIE": "1"})
     assert stopped.returncode == 143, stopped.stderr[-2000:]
     (run,) = run_folders(tmp_path / "outputs")
     assert torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 150

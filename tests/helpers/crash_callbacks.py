@@ -35,16 +35,17 @@ class TraceBatches(pl.Callback):
 
 
 class SignalAtStep(pl.Callback):
-    """Send this process SIGTERM after training step ``step`` (only with CNN_TEST_DIE set)."""
+    """Send this process a real signal (SIGTERM, SIGINT, SIGKILL) after training step ``step`` (only with
+    CNN_TEST_DIE set): a kill that lands at a known step, not after a guessed sleep."""
 
-    def __init__(self, step: int) -> None:
-        self.step = step
+    def __init__(self, step: int, signal: str = "SIGTERM") -> None:
+        self.step, self.signal = step, signal
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
         import signal
 
         if os.environ.get("CNN_TEST_DIE") and trainer.global_step == self.step:
-            os.kill(os.getpid(), signal.SIGTERM)
+            os.kill(os.getpid(), getattr(signal, self.signal))
 
 
 def interrupted_datamodule(**_settings):

@@ -26,10 +26,29 @@ def constructor_config(cfg: DictConfig, drop: tuple[str, ...]) -> DictConfig:
 
 def build_model(model_cfg: DictConfig, input_shape: tuple[int, int, int] | None = None):
     """Instantiate the model of ``model_cfg``; with ``input_shape`` (C, H, W), check it can take it."""
-    model = instantiate_or_explain(constructor_config(model_cfg, MODEL_METADATA_KEYS), "model")
+    from models.errors import ModelConfigError
+
+    try:
+        model = instantiate_or_explain(constructor_config(model_cfg, MODEL_METADATA_KEYS), "model")
+    except ModelConfigError as error:
+        raise _named_as_set(error, model_cfg) from None
     if input_shape is not None:
         check_model_accepts(model, input_shape, model_cfg.get("_target_", "?"))
     return model
+
+
+def _named_as_set(error: Exception, model_cfg: DictConfig) -> Exception:
+    """A model error about a key the user never set (``input_size: ${data.image_size}``) names the key
+    they did set (``data.image_size``), so the message points at the override to change."""
+    key = getattr(error, "key", None)
+    if not isinstance(key, str) or key not in model_cfg or not OmegaConf.is_interpolation(model_cfg, key):
+        return error
+    source = str(model_cfg._get_node(key)._value()).strip()
+    if not (source.startswith("${") and source.endswith("}")) or not source[2:-1].replace(".", "").replace("_", "").isalnum():
+        return error
+    named = source[2:-1]
+    rest = str(error).split(": ", 1)[-1].replace(f"model.{key}", named)
+    return UserError(named, getattr(error, "value", None), f"sets model.{key}, which {rest}", "")
 
 
 def check_model_accepts(model, input_shape: tuple[int, int, int], name: str) -> None:
