@@ -8,6 +8,10 @@
    holds the best coarse trial.
 3. A finer random search with longer trials (``--fine-epochs``) in the narrowed ranges.
 
+``--coarse-pruner median|sha|hyperband`` lets Optuna stop hopeless coarse trials early (the pruned
+ones are left out of the top-k, which only ranks trials that trained to the end); the fine stage
+never prunes unless a ``hydra/sweeper/pruner=...`` override says so.
+
 Both stages are real Hydra multiruns (``python -m experiments.train -m hparams_search=random_log ...``)
 in ``<parent>/coarse`` and ``<parent>/fine``; ``<parent>/coarse_to_fine.json`` records the settings,
 both stages' commands and results and every range (coarse, top-k values, fine). Each stage keeps its
@@ -32,6 +36,7 @@ from typing import Any
 from experiments.core.errors import EXIT_USER_ERROR, UserError, report
 
 RECORD_FILE = "coarse_to_fine.json"
+PRUNERS = ("none", "median", "sha", "hyperband")
 
 
 @dataclass
@@ -44,6 +49,7 @@ class Settings:
     coarse_fraction: float = 1.0
     fine_trials: int = 10
     fine_epochs: int = 10
+    coarse_pruner: str = "none"
     top_k: int = 5
     widen: float = 0.25
     min_width: float = 0.1
@@ -103,6 +109,9 @@ def stage_command(settings: Settings, stage: str, overrides: list[str], parent: 
                f"hydra.sweeper.study_name={study}-{stage}", f"hydra.sweeper.n_trials={trials}", *extra]
     if stage == "coarse" and settings.coarse_fraction < 1.0:
         command.append(f"trainer.limit_train_batches={settings.coarse_fraction}")
+    if stage == "coarse" and settings.coarse_pruner != "none":
+        command = [c for c in command if not c.startswith("hydra/sweeper/pruner=")]
+        command.append(f"hydra/sweeper/pruner={settings.coarse_pruner}")
     return command
 
 
@@ -125,7 +134,8 @@ def summarize_stage(sweep_dir: Path) -> dict[str, Any]:
     ok = [t for t in trials if t.ok]
     best = ok[0] if ok else None
     return {"sweep_dir": str(sweep_dir), "trials": len(trials), "finished": len(ok),
-            "failed": sum(t.status == "failed" for t in trials), "metric": info.metric,
+            "failed": sum(t.status == "failed" for t in trials),
+            "pruned": sum(t.status == "pruned" for t in trials), "metric": info.metric,
             "direction": info.direction,
             "best": None if best is None else {"trial": best.number, "objective": best.objective,
                                                "params": best.params, "run_dir": str(best.run_dir)}}
@@ -155,7 +165,8 @@ def choose_fine_ranges(coarse_dir: Path, settings: Settings) -> dict[str, dict[s
 def default_name(overrides: list[str], settings: Settings) -> str:
     """``<model>-<data>-<hash>``: the same command line finds the same folder (and resumes)."""
     values = dict(o.split("=", 1) for o in overrides if "=" in o)
-    identity = "\n".join(sorted(overrides)) + repr({**asdict(settings), "name": None})
+    chosen = {k: v for k, v in asdict(settings).items() if (k, v) != ("coarse_pruner", "none")}  # older names stay
+    identity = "\n".join(sorted(overrides)) + repr({**chosen, "name": None})
     parts = [values.get("model"), values.get("data"), hashlib.sha256(identity.encode()).hexdigest()[:6]]
     return "-".join(p for p in parts if p)
 
@@ -203,6 +214,8 @@ def parse(argv: list[str]) -> tuple[list[str], Settings]:
                         help="fraction of the training batches per coarse epoch (trainer.limit_train_batches)")
     parser.add_argument("--fine-trials", type=int, default=defaults.fine_trials)
     parser.add_argument("--fine-epochs", type=int, default=defaults.fine_epochs)
+    parser.add_argument("--coarse-pruner", default=defaults.coarse_pruner, choices=PRUNERS,
+                        help="stop hopeless coarse trials early (hydra/sweeper/pruner of the coarse stage)")
     parser.add_argument("--top-k", type=int, default=defaults.top_k, help="best coarse trials the fine ranges span")
     parser.add_argument("--widen", type=float, default=defaults.widen,
                         help="the top-k span grows by this fraction of itself on each side (log space)")

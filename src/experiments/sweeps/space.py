@@ -49,7 +49,8 @@ class SearchSpace:
                 values[key] = list(distribution.choices)
             elif getattr(distribution, "step", None) is not None and not getattr(distribution, "log", False):
                 count = round((distribution.high - distribution.low) / distribution.step) + 1
-                values[key] = [_clean(distribution.low + i * distribution.step) for i in range(count)]
+                as_number = int if isinstance(distribution, IntDistribution) else _clean
+                values[key] = [as_number(distribution.low + i * distribution.step) for i in range(count)]
             else:
                 raise UserError(f"{PARAMS_KEY}.{key}", _describe(distribution),
                                 "is a continuous range, and a grid needs a finite list of values.",

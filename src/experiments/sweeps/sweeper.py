@@ -35,6 +35,7 @@ import logging
 import os
 import sys
 import tempfile
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -300,6 +301,10 @@ class StudySweeper:
                             "study's own direction.") from None
         if self.storage_url is None:
             trial_link.IN_MEMORY[self.study_name] = study
+        if len(self.directions) == 1 and not study.metric_names:
+            with contextlib.suppress(Exception), warnings.catch_warnings():  # a label for the dashboard
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                study.set_metric_names([str(self.config.get("optimized_metric", "objective"))])
         return study
 
     def _save_sweep_config(self) -> None:
