@@ -7,6 +7,7 @@ The run folders are copies of ``tests/fixtures/run_before_move`` (a LeNet-5 that
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -99,3 +100,40 @@ def test_two_comparisons_in_the_same_second_keep_both_reports(tmp_path, monkeypa
     two = compare([a, b], html=True, print_tables=False)
     assert one.out != two.out
     assert one.html.is_file() and two.html.is_file()
+
+
+# --- a damaged run folder is one paragraph, never a traceback -------------------------------------------
+DAMAGED_CONFIG_COMMANDS = [
+    ("experiments.eval", ["run={run}", "ckpt=last"]),
+    ("experiments.analyze", ["run={run}", "ckpt=last", "analysis=[saliency]"]),
+    ("experiments.train", ["resume={run}"]),
+    ("experiments.train", [*TINY, "trainer.max_epochs=1", "finetune.from={run}", "finetune.ckpt=last"]),
+]
+
+
+@pytest.mark.parametrize(("command", "args"), DAMAGED_CONFIG_COMMANDS,
+                         ids=["eval", "analyze", "resume", "finetune.from"])
+def test_a_config_that_is_not_yaml_is_one_paragraph(tmp_path, command, args):
+    run = _copy(tmp_path)
+    (run / "config.yaml").write_text("model: [unclosed\n  data: {\n")
+    before = _snapshot(tmp_path)
+    result = run_cli(command, *[a.replace("{run}", str(run)) for a in args], cwd=tmp_path)
+    assert_refused(result, ["has a damaged config.yaml", "Restore the file"])
+    assert _snapshot(tmp_path) == before
+
+
+def test_compare_and_report_skip_a_damaged_run_and_report_the_rest(tmp_path):
+    sweep = tmp_path / "sweep"
+    for name in ("0_good", "1_damaged", os.fsdecode(b"2_bad\xff")):
+        shutil.copytree(FIXTURE, sweep / name)
+    (sweep / "1_damaged" / "summary.json").write_text('{"status": "fini')
+    compared = run_cli("experiments.compare", str(sweep), "--out", str(tmp_path / "cmp"), cwd=tmp_path)
+    assert compared.returncode == 0, compared.stderr[-2000:]
+    assert "Traceback" not in compared.stderr
+    message = " ".join(compared.stderr.split())
+    assert "skipped run=" in message and "damaged summary.json" in message and "not valid UTF-8" in message
+    rows = (tmp_path / "cmp" / "runs.csv").read_text().splitlines()
+    assert len(rows) == 2 and "0_good" in rows[1]  # the header and the one good run
+    reported = run_cli("experiments.report", str(sweep), cwd=tmp_path)
+    assert reported.returncode == 0, reported.stderr[-2000:]
+    assert "0_good" in (sweep / "report.html").read_text()

@@ -196,7 +196,10 @@ def compare(folders: list[Path], by: list[str] | None = None, html: bool = False
             html_path: Path | None = None) -> Comparison:
     """Read, group, plot, tabulate and (optionally) write the HTML report; returns what was made."""
     folders = [Path(f) for f in folders]
-    runs = rt.read_runs(folders)
+    skipped: list[str] = []
+    runs = rt.read_runs(folders, skipped)
+    for note in skipped:
+        print(f"note: {note}", file=sys.stderr)
     if not runs:
         raise FileNotFoundError(f"no run folders (with config.yaml) in {', '.join(str(f) for f in folders)}")
     keys = list(by) if by else rt.default_keys(runs)
@@ -206,7 +209,7 @@ def compare(folders: list[Path], by: list[str] | None = None, html: bool = False
     out.mkdir(parents=True, exist_ok=True)
     title = title or f"Comparison of {', '.join(f.name for f in folders)}"
     comparison = Comparison(out=out, keys=keys, runs=runs, groups=groups, run_rows=rt.run_rows(runs, keys),
-                            group_rows=rt.group_rows(runs, keys, groups), notes=rt.epoch_notes(runs))
+                            group_rows=rt.group_rows(runs, keys, groups), notes=skipped + rt.epoch_notes(runs))
     figure = plot_curves(runs, keys, groups, out, x=x, title=title)
     if figure:
         comparison.figure_png, comparison.figure_svg = figure

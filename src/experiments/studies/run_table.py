@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import math
+import os
 import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -127,30 +128,31 @@ def _natural_key(path: Path) -> list:
 
 
 def read_run(path: Path) -> Run:
-    """One run folder, read through :class:`RunFolder`; a damaged file costs a note, not the table."""
+    """One run folder, read through :class:`RunFolder`. A missing file leaves its part empty (with a
+    note); a damaged one is a :class:`UserError` (the caller skips the run)."""
     folder = RunFolder(Path(path))
-    notes: list[str] = []
-
-    def tolerant(read, empty, what: str):
-        try:
-            return read()
-        except UserError as error:
-            notes.append(f"{folder.path.name}: {what} skipped: {' '.join(str(error).split())}")
-            return empty
-
-    run = Run(path=folder.path, name=folder.path.name,
-              config=tolerant(folder.composed_config, OmegaConf.create({}), "config"),
-              choices=tolerant(folder.choices, {}, "Hydra record"),
-              overrides=tolerant(folder.overrides, [], "overrides"),
-              summary=tolerant(folder.summary, {}, "summary"),
-              epochs=tolerant(folder.epochs, [], "metrics"), notes=notes)
+    try:
+        os.fsencode(folder.path.name).decode("utf-8")
+    except UnicodeDecodeError:
+        raise UserError("run", folder.path.name.encode("utf-8", "replace").decode(), "has a folder name that is not "
+                        "valid UTF-8, so it cannot be written into tables and reports.", "Rename the folder.") from None
+    run = Run(path=folder.path, name=folder.path.name, config=folder.composed_config(), choices=folder.choices(),
+              overrides=folder.overrides(), summary=folder.summary(), epochs=folder.epochs())
     if not folder.metrics_file.is_file():
         run.notes.append(f"{run.name}: no metrics.csv (status {run.status}): not plotted.")
     return run
 
 
-def read_runs(paths: list[Path]) -> list[Run]:
-    return [read_run(p) for p in find_runs(paths)]
+def read_runs(paths: list[Path], skipped: list[str] | None = None) -> list[Run]:
+    """Every run under ``paths``; a run that cannot be read is left out, with a one-line note in ``skipped``."""
+    runs = []
+    for path in find_runs(paths):
+        try:
+            runs.append(read_run(path))
+        except UserError as error:
+            if skipped is not None:
+                skipped.append(f"skipped {' '.join(str(error).split())}")
+    return runs
 
 
 # --------------------------------------------------------------------------------------------- grouping
