@@ -186,3 +186,32 @@ def test_report_sends_the_table_to_tensorboard_hparams(failing_sweep):
         info = plugin_data_pb2.HParamsPluginData.FromString(content).session_start_info
         sessions[info.hparams["optimizer.lr"].number_value] = info.hparams["status"].string_value
     assert sessions == {0.05: "finished", -1.0: "failed", 1e30: "failed"}
+
+
+def test_a_sweep_whose_every_trial_failed_exits_non_zero_with_the_reasons(tmp_path):
+    result = run_cli("experiments.train", *SWEEP, "hydra/sweeper/sampler=grid",
+                     "hydra.sweeper.params.optimizer.lr='choice(-1.0, -2.0)'", "~hydra.sweeper.params.optimizer.weight_decay",
+                     "hydra.sweeper.n_trials=2", cwd=tmp_path, timeout=300)
+    assert result.returncode == 1, result.stderr[-3000:]
+    assert "Traceback" not in result.stderr
+    message = " ".join(result.stderr.split())
+    assert "every trial of study" in message and "failed (2 of 2)" in message
+    assert "2 x user_error:" in message and "must be > 0" in message and "experiments.sweep_report" in message
+    sweep = _only_sweep(tmp_path)
+    assert [t.state for t in _study(sweep).trials] == [optuna.trial.TrialState.FAIL] * 2
+    assert "best_value: null" in (sweep / "optimization_results.yaml").read_text()
+
+
+def test_coarse_to_fine_prunes_in_the_coarse_stage_only(tmp_path):
+    run_cli("experiments.coarse_to_fine", *TINY, "--coarse-trials", "2", "--coarse-epochs", "2", "--coarse-pruner",
+            "median", "--fine-trials", "1", "--fine-epochs", "1", "--top-k", "2", "--name", "c2f", cwd=tmp_path,
+            check=True, timeout=400)
+    parent = tmp_path / "outputs" / "sweeps" / "coarse_to_fine" / "c2f"
+    record = json.loads((parent / "coarse_to_fine.json").read_text())
+    assert "hydra/sweeper/pruner=median" in record["stages"]["coarse"]["command"]
+    assert "pruner" not in record["stages"]["fine"]["command"]
+    assert record["settings"]["coarse_pruner"] == "median" and "pruned" in record["stages"]["coarse"]
+    coarse, fine = _study(parent / "coarse").trials, _study(parent / "fine").trials
+    assert all(sorted(t.intermediate_values) == [1, 2] for t in coarse if t.state.is_finished()), \
+        "coarse trials report every epoch to the pruner"
+    assert all(not t.intermediate_values for t in fine), "the fine stage does not prune"

@@ -29,6 +29,21 @@ def test_non_positive_n_trials_is_refused_before_anything_is_written(tmp_path, n
     assert list(tmp_path.rglob("*")) == [], "no sweep folder, no optuna.db"
 
 
+@pytest.mark.parametrize(("args", "words"), [
+    (["hydra.sweeper.storage=null", "hydra/sweeper/pruner=median", "hydra/launcher=joblib"],
+     ["hydra.sweeper.storage", "JoblibLauncher", "cannot report", "pruner=none"]),
+    (["+hydra.sweeper.params.optimizer.no_such_key='interval(0.1, 1)'"],
+     ["do not compose", "optimizer.no_such_key", "'+'"]),
+    (["hydra/sweeper/sampler=grid"], ["continuous range", "choice(a, b, c)"]),
+    (["hydra.sweeper.direction=upward"], ["hydra.sweeper.direction", "minimize or maximize"]),
+], ids=["pruning-in-memory-joblib", "unknown-key", "grid-over-interval", "direction"])
+def test_sweeps_that_cannot_work_are_refused_before_writing(tmp_path, args, words):
+    result = run_cli("experiments.train", "-m", "hparams_search=random_log", *TINY, "hydra.sweeper.n_trials=1", *args,
+                     cwd=tmp_path, timeout=120)
+    assert_refused(result, words)
+    assert list(tmp_path.rglob("*")) == []
+
+
 def test_the_override_syntax_maps_to_optuna_distributions():
     parsed = space.parse(["a=tag(log, interval(1e-4, 1.0))", "b=interval(0, 1)", "c=choice(x, 'y z')",
                           "d=range(1, 5)", "e=range(0.1, 0.5, 0.1)", "f=3,1,2", "g=shuffle(range(3))",

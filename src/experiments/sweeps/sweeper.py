@@ -180,7 +180,7 @@ class StudySweeper:
             self.hydra_context.config_loader.load_sweep_config(master_config=self.config, sweep_overrides=overrides)
         except HydraException as error:
             raise UserError("hydra.sweeper.params", " ".join(overrides), "do not compose into a trial's config: "
-                            f"{' '.join(str(error).split())}", "Check the searched keys' names (python -m "
+                            f"{' '.join(str(error).split()).rstrip('.')}.", "Check the searched keys' names (python -m "
                             "experiments.train --cfg job lists them); a key the config lacks needs a '+' in "
                             "front.") from None
 
