@@ -10,7 +10,7 @@ import pytest
 import torch
 from torch import nn
 
-from experiments.analysis.adversarial import Normalised, accuracy_curve
+from experiments.analysis.adversarial import Normalised, accuracy_curve, perturb
 from experiments.analysis.cam import class_activation_maps
 from experiments.analysis.class_model import class_model
 from experiments.analysis.common import analysis_mode, feature_layer, head_layer
@@ -136,6 +136,48 @@ def test_fgsm_at_zero_keeps_accuracy_and_accuracy_falls_with_epsilon():
     assert all(a >= b for a, b in itertools.pairwise(curve)) and curve[-1] < 5
     pgd = accuracy_curve(model, pixels, labels, [0.0, 0.05], steps=5)
     assert pgd[0] == pytest.approx(clean) and pgd[1] <= curve[2] + 1e-9
+
+
+def _sure_linear_model(scale: float) -> nn.Module:
+    """Two logits w.x and -w.x with every weight ``scale``: a model sure of class 0 on bright images,
+    whose loss gradient is tiny (softmax saturated) but non-zero at every pixel, of known sign."""
+    linear = nn.Sequential(nn.Flatten(), nn.Linear(64, 2, bias=False))
+    with torch.no_grad():
+        linear[1].weight.copy_(torch.stack([torch.full((64,), scale), torch.full((64,), -scale)]))
+    return Normalised(linear, torch.zeros(1, 1, 1, 1), torch.ones(1, 1, 1, 1))
+
+
+def test_fgsm_moves_every_pixel_by_epsilon_even_where_the_gradient_is_tiny():
+    # Goodfellow et al.: x + eps * sign(grad). At logit margin 2 * 64 * 0.5 * 0.35 = 22.4 the softmax
+    # is saturated: the gradient per pixel is about 0.35 * exp(-22.4) ~ 7e-11, far below captum's 1e-6
+    # threshold, yet non-zero, so every pixel must move, away from class 0 (darker).
+    model = _sure_linear_model(0.35)
+    pixels = torch.full((3, 1, 8, 8), 0.5)
+    labels = torch.zeros(3, dtype=torch.long)
+    pixels.requires_grad_(True)
+    loss = nn.functional.cross_entropy(model(pixels), labels, reduction="sum")
+    (gradient,) = torch.autograd.grad(loss, pixels)
+    assert bool((gradient != 0).all()) and float(gradient.abs().max()) < 1e-6
+    adversarial = perturb(model, pixels.detach(), labels, epsilon=0.1)
+    assert torch.allclose(adversarial, torch.full_like(adversarial, 0.4))  # 0.5 - 0.1 at EVERY pixel
+
+
+def test_pgd_starts_at_a_random_point_of_the_ball_and_stays_in_it():
+    # A constant model has no gradient: FGSM steps do nothing, so PGD's answer is its random start.
+    constant = nn.Sequential(nn.Flatten(), nn.Linear(64, 2))
+    with torch.no_grad():
+        constant[1].weight.zero_()
+    model = Normalised(constant, torch.zeros(1, 1, 1, 1), torch.ones(1, 1, 1, 1))
+    pixels, labels = torch.full((4, 1, 8, 8), 0.5), torch.zeros(4, dtype=torch.long)
+    state = torch.random.get_rng_state()
+    one = perturb(model, pixels, labels, epsilon=0.1, steps=3, seed=1)
+    again = perturb(model, pixels, labels, epsilon=0.1, steps=3, seed=1)
+    other = perturb(model, pixels, labels, epsilon=0.1, steps=3, seed=2)
+    assert torch.equal(torch.random.get_rng_state(), state)  # the global random state is untouched
+    assert torch.equal(one, again) and not torch.equal(one, other)
+    moved = (one - pixels).abs()
+    assert float(moved.max()) <= 0.1 + 1e-6 and float(moved.mean()) > 0.02  # uniform in [-0.1, 0.1]: mean 0.05
+    assert torch.equal(perturb(model, pixels, labels, epsilon=0.1), pixels)  # FGSM: sign(0) = 0 moves nothing
 
 
 def test_receptive_field_of_a_known_stack():

@@ -1,7 +1,12 @@
 """Adversarial examples (Goodfellow et al. 2015; Madry et al. 2018): FGSM and its iterative form, PGD.
 
 Perturbations are sized in PIXEL units (epsilon 0.1 = a tenth of the [0, 1] range) and kept inside
-[0, 1], so the normalisation is part of the attacked function. captum.robust does the attacks.
+[0, 1], so the normalisation is part of the attacked function. captum.robust does the attacks, set
+to the papers' definitions: captum's FGSM leaves every pixel whose gradient is at most 1e-6 in size
+unchanged (its ``zero_thresh``), so on an input the model is sure of only a few pixels would move and
+the curve would flatter the model; Goodfellow's FGSM moves every pixel by epsilon times the sign of
+the loss gradient, so the threshold is 0 here. PGD starts at a uniformly random point of the epsilon
+ball, as Madry et al. do (captum's default starts at the image itself), from a seeded generator.
 """
 
 from __future__ import annotations
@@ -30,8 +35,9 @@ class Normalised(nn.Module):
 
 
 def perturb(model: nn.Module, pixels: torch.Tensor, labels: torch.Tensor, epsilon: float, steps: int = 0,
-            step_size: float | None = None) -> torch.Tensor:
-    """Adversarial images in [0, 1]: one FGSM step (``steps=0``) or PGD with ``steps`` L-inf steps."""
+            step_size: float | None = None, seed: int = 0) -> torch.Tensor:
+    """Adversarial images in [0, 1]: one FGSM step (``steps=0``) or PGD with ``steps`` L-inf steps from a
+    random start in the epsilon ball (drawn with ``seed``; the global random state is left as it was)."""
     from captum.robust import FGSM, PGD
 
     if epsilon == 0:
@@ -39,9 +45,17 @@ def perturb(model: nn.Module, pixels: torch.Tensor, labels: torch.Tensor, epsilo
     # captum's default loss is -log(output), made for a model returning probabilities; ours returns logits.
     loss = nn.CrossEntropyLoss(reduction="none")
     if steps > 0:
-        return PGD(model, loss_func=loss, lower_bound=0.0, upper_bound=1.0).perturb(
-            pixels, radius=epsilon, step_size=step_size or epsilon / 4, step_num=steps, target=labels)
-    return FGSM(model, loss_func=loss, lower_bound=0.0, upper_bound=1.0).perturb(pixels, epsilon=epsilon, target=labels)
+        attack = PGD(model, loss_func=loss, lower_bound=0.0, upper_bound=1.0)
+        attack.fgsm.zero_thresh = 0.0
+        devices = [pixels.device] if pixels.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices):
+            torch.manual_seed(seed)
+            # 2.5 epsilon / steps per step (Madry et al.'s ratio): from any start, a corner of the ball is reachable.
+            return attack.perturb(pixels, radius=epsilon, step_size=step_size or 2.5 * epsilon / steps, step_num=steps,
+                                  target=labels, random_start=True)
+    attack = FGSM(model, loss_func=loss, lower_bound=0.0, upper_bound=1.0)
+    attack.zero_thresh = 0.0
+    return attack.perturb(pixels, epsilon=epsilon, target=labels)
 
 
 def accuracy_curve(model: nn.Module, pixels: torch.Tensor, labels: torch.Tensor, epsilons: Sequence[float],
