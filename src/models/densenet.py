@@ -3,7 +3,8 @@
 ``form: imagenet`` — Table 1: 7x7/2 stem with 2k filters, 3x3/2 max pool, four dense blocks
 (121: 6/12/24/16 layers, 169: 6/12/32/32, 201: 6/12/48/32, 264: 6/12/64/48) of BN-ReLU-1x1 conv (4k)
 -BN-ReLU-3x3 conv (k) layers, transitions BN-ReLU-1x1 conv (compression 0.5)-2x2 avg pool, growth
-rate k = 32. Module names match torchvision's ``densenet121/169/201`` so their state dicts load.
+rate k = 32. DenseNet-161 (6/12/36/24) is the authors' k = 48 ImageNet model (``growth_rate: 48``).
+Module names match torchvision's ``densenet121/161/169/201`` so their state dicts load.
 
 ``form: cifar`` — Sec. 3: a 3x3 stem and three dense blocks at 32, 16, 8. DenseNet-BC (bottleneck +
 compression 0.5, the default) has (depth - 4) / 6 layers per block and a 2k-filter stem; plain DenseNet
@@ -30,6 +31,7 @@ from models.interface import ClassifierMixin
 FORMS = ("imagenet", "cifar")
 IMAGENET_BLOCKS: dict[int, tuple[int, ...]] = {
     121: (6, 12, 24, 16),
+    161: (6, 12, 36, 24),  # with growth_rate 48 (the authors' DenseNet-161, torchvision's densenet161)
     169: (6, 12, 32, 32),
     201: (6, 12, 48, 32),
     264: (6, 12, 64, 48),

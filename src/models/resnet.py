@@ -316,6 +316,7 @@ class ResNet(ClassifierMixin):
                     f" (its native input is {224 if form == 'imagenet' else 32}).",
                 )
         self.form, self.depth, self.preactivation = form, depth, bool(preactivation)
+        self.block_options = options  # what the blocks share (models.torchvision_twins reads it)
 
         stem_width = widths[0]
         if form == "imagenet":

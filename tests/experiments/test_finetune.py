@@ -182,6 +182,57 @@ def test_a_channel_mismatch_stops_training_before_anything_is_written(compose, p
     assert not (tmp_path / "run").exists() and tree_hashes(project / "outputs") == before
 
 
+# A 3-channel TINY at 32x32 with few images: enough for one epoch of a ResNet-50 head on a CPU.
+RGB = _args(*TINY, "data.in_channels=3", "data.mean=[0.5,0.5,0.5]", "data.std=[0.25,0.25,0.25]", "data.num_train=128",
+            "data.val_size=64", "data.num_test=64", "trainer.max_epochs=1")
+
+
+def test_a_torchvision_resnet50_file_is_refused_by_the_paper_v1_config_and_taken_by_its_twin(tmp_path):
+    """torchvision's resnet50 (v1.5: stride on the 3x3) has exactly the keys and shapes of the paper's v1
+    ``resnet50``, so loading it there would fine-tune wrong features without a word: refused before anything
+    is written, with the twin config named; ``model=resnet50_v15`` fine-tunes from it."""
+    import torchvision
+
+    file = tmp_path / "resnet50_torchvision.pth"
+    torch.save(torchvision.models.resnet50(weights=None).state_dict(), file)
+    folder = tmp_path / "project"
+    folder.mkdir()
+    args = [*RGB, "finetune=head", f"finetune.from={file}"]
+    refused = run_cli("experiments.train", *_args(*args, "model=resnet50"), cwd=folder, timeout=180)
+    assert_refused(refused, ["finetune.from=", "resnet50_torchvision.pth", "plain state_dict file", "layer2.0.conv1",
+                             "stride_in_1x1: true", "torchvision's resnet50", "model=resnet50_v15"])
+    assert [p for p in folder.rglob("*") if p.is_file()] == [] and run_folders(folder / "outputs") == []
+
+    run_cli("experiments.train", *_args(*args, "model=resnet50_v15"), cwd=folder, timeout=240, check=True)
+    (run,) = run_folders(folder / "outputs")
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["status"] == "finished" and summary["model_name"] == "resnet50_v15"
+    assert summary["finetune"]["strategy"] == "head" and summary["finetune"]["checkpoint"] == str(file.resolve())
+    assert summary["finetune"]["copied_tensors"] == len(torchvision.models.resnet50().state_dict()) - 2  # not fc
+
+
+@pytest.mark.parametrize(("lightning", "strategy", "refused"), [
+    (True, ["finetune=head"], False),
+    (False, ["finetune=from_layer", "finetune.layer=layer1"], False),
+    (False, ["finetune=from_layer", "finetune.layer=layer2"], True),
+], ids=["a checkpoint of ours outside a run folder", "cut before the first strided bottleneck",
+        "cut after it"])
+def test_only_plain_files_into_strided_v1_bottlenecks_are_refused(compose, tmp_path, lightning, strategy, refused):
+    import torchvision
+
+    state = torchvision.models.resnet50(weights=None).state_dict()
+    file = tmp_path / "weights.ckpt"
+    torch.save({"pytorch-lightning_version": pl.__version__, "state_dict": {f"model.{k}": v for k, v in state.items()}}
+               if lightning else state, file)
+    cfg = compose([*RGB, "model=resnet50", *strategy, f"finetune.from={file}"])
+    validate(cfg)
+    if refused:
+        with pytest.raises(UserError, match=r"layer2\.0\.conv1.*model\.stride_in_1x1=false"):
+            build_network(cfg, load_source=True)
+    else:
+        assert build_network(cfg, load_source=True).transferred["copied_tensors"] > 0
+
+
 @pytest.mark.parametrize(("args", "match"), [
     (["finetune.strategy=sideways"], "finetune.strategy='sideways'"),
     (["finetune.strategy=last_k", "finetune.k=0"], "finetune.k=0"),

@@ -78,10 +78,16 @@ def test_resnext50_32x4d_exact() -> None:
     assert count(on_meta(ResNet, depth=50, groups=32, width_per_group=4)) == 25_028_904
 
 
+def test_resnext101_exact_counts_match_torchvision() -> None:
+    assert count(on_meta(ResNet, depth=101, groups=32, width_per_group=8)) == 88_791_336
+    assert count(on_meta(ResNet, depth=101, groups=64, width_per_group=4)) == 83_455_272
+
+
 def test_wide_resnets() -> None:
     assert round(count(on_meta(ResNet, 3, 10, 32, form="wide", depth=28, widen_factor=10)) / 1e6, 1) == 36.5
     assert round(count(on_meta(ResNet, 3, 10, 32, form="wide", depth=16, widen_factor=8)) / 1e6, 1) == 11.0
     assert count(on_meta(ResNet, depth=50, widen_factor=2)) == 68_883_240  # torchvision wide_resnet50_2
+    assert count(on_meta(ResNet, depth=101, widen_factor=2)) == 126_886_696  # torchvision wide_resnet101_2
 
 
 def test_se_resnet50() -> None:
@@ -94,6 +100,10 @@ def test_se_resnet50() -> None:
 ])
 def test_densenets(depth: int, expected: int) -> None:
     assert count(on_meta(DenseNet, depth=depth)) == expected
+
+
+def test_densenet161_has_growth_rate_48() -> None:
+    assert count(on_meta(DenseNet, depth=161, growth_rate=48)) == 28_681_000  # torchvision densenet161
 
 
 def test_cifar_densenets() -> None:

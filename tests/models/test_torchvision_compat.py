@@ -1,57 +1,115 @@
-"""torchvision state dicts load strictly into our models and give the same logits.
+"""torchvision state dicts load strictly into the zoo's twin configs and give the same logits.
 
-Weights are never downloaded: torchvision builds its model with random weights, we load its
-``state_dict()`` and compare outputs on a small random image, in eval mode.
+Weights are never downloaded: torchvision builds its model with random weights (``weights=None``), its
+BatchNorm statistics are randomised too, and its ``state_dict()`` is loaded strictly into the model
+that the twin config (``models.torchvision_twins.TWINS``) builds the way training does (``conf/train.yaml``
+composed with ``model=<config>``). Both run in eval mode on the same random image, at the smallest size
+both take (VGG and AlexNet need 224: their FC layers are sized for it). Our model is built on the meta
+device and takes torchvision's tensors (``assign=True``): the constructor and the strict key and shape
+check are the real ones, and ~1.5 G parameters are not initialised twice.
 """
 
 from __future__ import annotations
 
+import inspect
+
 import pytest
 import torch
 import torchvision
+from hydra import compose, initialize_config_dir
+from hydra.utils import get_class, instantiate
+from omegaconf import OmegaConf
 from torch import nn
 
-from models.alexnet import AlexNet
-from models.densenet import DenseNet
-from models.inception import InceptionV3
-from models.mobilenet import MobileNetV2
 from models.resnet import ResNet
-from models.squeezenet import SqueezeNet
-from models.vgg import VGG
+from models.torchvision_twins import TWINS, torchvision_variant_problem
+from tests.conftest import CONF
 
 tv = torchvision.models
 
-CASES = [
-    ("resnet18", lambda: tv.resnet18(), lambda: ResNet(depth=18), 64),
-    ("resnet50", lambda: tv.resnet50(), lambda: ResNet(depth=50, stride_in_1x1=False), 64),
-    ("resnext50_32x4d", lambda: tv.resnext50_32x4d(), lambda: ResNet(depth=50, groups=32, width_per_group=4), 64),
-    ("wide_resnet50_2", lambda: tv.wide_resnet50_2(), lambda: ResNet(depth=50, widen_factor=2), 64),
-    ("vgg11", lambda: tv.vgg11(), lambda: VGG(config="A"), 224),
-    ("vgg11_bn", lambda: tv.vgg11_bn(), lambda: VGG(config="A", batch_norm=True), 224),
-    ("densenet121", lambda: tv.densenet121(), lambda: DenseNet(depth=121), 64),
-    ("squeezenet1_0", lambda: tv.squeezenet1_0(), lambda: SqueezeNet(version="1.0"), 96),
-    ("squeezenet1_1", lambda: tv.squeezenet1_1(), lambda: SqueezeNet(version="1.1"), 96),
-    ("mobilenet_v2", lambda: tv.mobilenet_v2(), lambda: MobileNetV2(), 64),
-    ("alexnet", lambda: tv.alexnet(), lambda: AlexNet(layout="torchvision", input_size=224), 224),
-    ("inception_v3", lambda: tv.inception_v3(init_weights=False), lambda: InceptionV3(), 120),
-]
+# The classic families of torchvision's classification models; the zoo's own variants of these
+# architectures that torchvision does not have are not twins.
+CLASSIC_PREFIXES = ("alexnet", "vgg", "resnet", "resnext", "wide_resnet", "densenet", "squeezenet", "googlenet",
+                    "inception_v3", "mobilenet_v2")
+NO_TWIN = {"googlenet": "the zoo's googlenet is the paper's (real 5x5 branches, LRN); torchvision's uses 3x3 and BN"}
+FC_SIZED_FOR_224 = ("alexnet", "vgg")  # torchvision's adaptive pool feeds a 224-sized FC; ours has none
+SMALLEST = {"inception_v3": 75}  # everything else takes 32x32
 
 
-SLOW = {"vgg11_bn"}  # two more 133 M-parameter models: ~10 s on 2 cores; vgg11 covers the same keys
+def input_side(builder: str) -> int:
+    return 224 if builder.startswith(FC_SIZED_FOR_224) else SMALLEST.get(builder, 32)
 
 
-@pytest.mark.parametrize(("name", "theirs", "ours", "size"), [
-    pytest.param(*case, id=case[0], marks=[pytest.mark.slow] if case[0] in SLOW else []) for case in CASES
-])
-def test_strict_load_and_same_logits(name: str, theirs, ours, size: int) -> None:
-    reference: nn.Module = theirs().eval()
-    model: nn.Module = ours().eval()
-    model.load_state_dict(reference.state_dict(), strict=True)
-    x = torch.randn(2, 3, size, size)
+def from_config(config: str) -> nn.Module:
+    """``model=<config>`` at 3 channels, 1000 classes and the config's own input size, on the meta device."""
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose(config_name="train", overrides=[f"model={config}", "data=synthetic", "data.num_classes=1000"])
+    cfg.data.image_size = int(OmegaConf.select(cfg, "model.paper.input_size", default=224))
+    node = OmegaConf.to_container(cfg.model, resolve=True)
+    accepted = inspect.signature(get_class(node["_target_"])).parameters  # `paper`, `channels_last`: metadata
+    node = {key: value for key, value in node.items() if key == "_target_" or key in accepted}
+    with torch.device("meta"):
+        return instantiate(node).eval()
+
+
+def torchvision_model(builder: str) -> nn.Module:
+    """torchvision's model with random weights and random BatchNorm statistics (so a swap would show)."""
+    options = {"init_weights": False} if builder == "inception_v3" else {}  # its truncnorm init is slow
+    model = tv.get_model(builder, weights=None, **options).eval()
     with torch.no_grad():
-        expected, actual = reference(x), model(x)
-    assert actual.shape == (2, 1000)
-    torch.testing.assert_close(actual, expected, rtol=1e-4, atol=1e-4)
+        for module in model.modules():
+            if isinstance(module, nn.BatchNorm2d):
+                module.running_mean.uniform_(-0.5, 0.5)
+                module.running_var.uniform_(0.5, 2.0)
+                module.weight.uniform_(0.5, 1.5)
+                module.bias.uniform_(-0.5, 0.5)
+    return model
+
+
+def logits(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    with torch.no_grad():
+        return model(x)
+
+
+def test_every_classic_torchvision_model_has_a_twin_or_a_reason() -> None:
+    classic = {name for name in tv.list_models(module=tv) if name.startswith(CLASSIC_PREFIXES)}
+    assert classic - set(TWINS) == set(NO_TWIN)
+    assert set(TWINS) <= classic
+
+
+@pytest.mark.parametrize(("builder", "config"), list(TWINS.items()), ids=list(TWINS))
+def test_torchvision_weights_load_strictly_into_the_twin_config_and_give_the_same_logits(builder: str,
+                                                                                        config: str) -> None:
+    torch.manual_seed(0)
+    reference = torchvision_model(builder)
+    model = from_config(config)
+    model.load_state_dict(reference.state_dict(), strict=True, assign=True)
+    assert not any(t.is_meta for t in [*model.parameters(), *model.buffers()])
+    assert torchvision_variant_problem(model) is None
+    side = input_side(builder)
+    x = torch.randn(1, 3, side, side)
+    expected, actual = logits(reference, x), logits(model, x)
+    assert actual.shape == (1, 1000) and torch.isfinite(expected).all() and expected.abs().max() > 0
+    scale = float(expected.abs().max())
+    torch.testing.assert_close(actual, expected, rtol=1e-4, atol=1e-4 * scale)
+
+
+@pytest.mark.parametrize(("config", "twin"), [("resnet50", "resnet50_v15"), ("resnet101", "resnet101_v15"),
+                                              ("resnet152", "resnet152_v15")])
+def test_the_paper_v1_resnets_are_named_as_not_torchvision(config: str, twin: str) -> None:
+    found = torchvision_variant_problem(from_config(config))
+    assert found is not None and found.twin == twin
+    assert f"model={twin}" in found.fix and "layer2.0.conv1" in found.problem
+
+
+def test_a_v1_resnet_takes_torchvision_weights_strictly_and_computes_something_else() -> None:
+    """Why the paper's resnet50 must refuse torchvision's file: same keys and shapes, another function."""
+    torch.manual_seed(0)
+    reference = torchvision_model("resnet50")
+    model = from_config("resnet50")
+    model.load_state_dict(reference.state_dict(), strict=True, assign=True)
+    x = torch.randn(1, 3, 64, 64)
+    assert not torch.allclose(logits(model, x), logits(reference, x), rtol=1e-2, atol=1e-3)
 
 
 def test_resnet_state_dict_keys_are_torchvisions() -> None:

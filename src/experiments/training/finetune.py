@@ -2,7 +2,9 @@
 
 ``finetune.from`` names the source: a run folder of this framework (or a ``.ckpt`` inside one), or a
 plain ``state_dict`` file (``.pt``/``.pth``, e.g. torchvision's ImageNet weights: the zoo keeps
-torchvision's keys). ``finetune.strategy`` says what trains (cs231n's transfer-learning table):
+torchvision's keys; a plain file is refused by a model that has torchvision's keys but not its network,
+such as the v1 ``resnet50``, see :mod:`models.torchvision_twins`). ``finetune.strategy`` says what
+trains (cs231n's transfer-learning table):
 
 ==============  ===============================================================================
 ``head``        freeze everything, train a new classifier (little data, similar to the source's)
@@ -141,6 +143,7 @@ class Source:
     file: Path
     run_dir: Path | None = None
     config: DictConfig | None = None
+    plain: bool | None = None  # a plain state_dict file (no record of its architecture); set when read
 
 
 def resolve_source(cfg: DictConfig) -> Source:
@@ -238,8 +241,10 @@ def _model_overrides() -> list[str]:
 
 
 def source_state(source: Source) -> dict[str, torch.Tensor]:
-    """The source's tensors by model key: a Lightning checkpoint's ``model.`` prefix removed."""
+    """The source's tensors by model key: a Lightning checkpoint's ``model.`` prefix removed. Sets
+    ``source.plain`` (a state_dict file such as torchvision's, not a run or checkpoint of ours)."""
     checkpoint = runs.load_checkpoint(source.file)
+    source.plain = source.run_dir is None and "pytorch-lightning_version" not in checkpoint
     state = checkpoint.get("state_dict", checkpoint)
     if not isinstance(state, dict):
         raise UserError("finetune.from", str(source.file), "holds no state_dict.", SOURCE_FIX)
@@ -491,10 +496,23 @@ def load_source_weights(transfer: Transfer, cfg: DictConfig, source: Source | No
                                tuple(value.shape))
         merged[key] = state[source_key].to(dtype=value.dtype)
         copied += 1
+    if source.plain:
+        _refuse_torchvision_lookalike(cfg, source, transfer.model)
     transfer.model.load_state_dict(merged)
     return {"from": str(node.get("from")), "checkpoint": str(source.file.resolve()), "strategy": transfer.strategy,
             "trained_stages": transfer.trained, "copied_tensors": copied,
             "source_model": _source_model_name(source)}
+
+
+def _refuse_torchvision_lookalike(cfg: DictConfig, source: Source, model: nn.Module) -> None:
+    """A plain file that fits ``model`` key for key may still be torchvision's weights of another network
+    (``models.torchvision_twins``): refuse rather than fine-tune wrong features without a word."""
+    from models.torchvision_twins import torchvision_variant_problem
+
+    found = torchvision_variant_problem(model)
+    if found is not None:
+        raise UserError("finetune.from", str(settings(cfg).get("from")), "is a plain state_dict file (such as "
+                        f"torchvision's weights), and {found.problem}", found.fix)
 
 
 def _source_model_name(source: Source) -> str | None:
