@@ -68,3 +68,12 @@ def test_sweep_report_shows_the_pruned_trial(pruned_sweep):
     assert [(r["trial"], r["status"]) for r in rows] == [("0", "finished"), ("1", "pruned")]
     assert rows[1]["reason"].startswith("pruned after epoch 1 (val/err_best = ") and rows[1]["epochs"] == "1"
     assert "1 finished, 1 pruned, 0 failed" in " ".join(result.stdout.split())
+
+
+@pytest.mark.slow  # ~20-40 s: two DDP trainings of 2 CPU processes each
+def test_ddp_processes_of_a_pruned_trial_stop_together(tmp_path):
+    run_cli("experiments.train", *PRUNING, "data.batch_size=32", "trainer=ddp_cpu", cwd=tmp_path, check=True, timeout=400)
+    (sweep,) = (tmp_path / "outputs" / "sweeps").iterdir()
+    assert [t.state for t in _study(sweep).trials] == [optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED]
+    assert json.loads((sweep / "1_lenet5-synthetic" / "summary.json").read_text())["status"] == "pruned"
+    assert not (tmp_path / "outputs" / "train").exists(), "a DDP process made a run folder of its own"

@@ -134,3 +134,17 @@ def test_asking_lock_is_exclusive_across_processes(tmp_path):
     os.waitpid(pid, 0)
     got = float(os.read(read_fd, 64).decode())
     assert got >= released and not math.isnan(got)
+
+
+def test_a_database_of_an_older_optuna_is_refused_with_the_upgrade_command(tmp_path):
+    import sqlite3
+
+    from experiments.sweeps.storage import open_storage
+
+    url = f"sqlite:///{tmp_path / 'optuna.db'}"
+    optuna.storages.RDBStorage(url)
+    with sqlite3.connect(tmp_path / "optuna.db") as db:  # as Optuna 2.x left its schema
+        db.execute("update alembic_version set version_num='v2.6.0.a'")
+    with pytest.raises(UserError, match="older Optuna") as refused:
+        open_storage(url)
+    assert f"optuna storage upgrade --storage {url}" in str(refused.value)
