@@ -1,10 +1,11 @@
 """One sweep trial, fault tolerant: a failed trial is written down and the sweep goes on.
 
-With hydra-optuna-sweeper a task function that raises stops the whole sweep (the sweeper re-raises it
-after telling Optuna), while one that returns NaN is recorded by Optuna as a FAILED trial, never as a
-best value. So under ``-m`` every failure of a trial (an exception, a user error in its sampled values,
-CUDA running out of memory, a diverged loss) ends here: its reason goes into ``failure.json`` and
-``summary.json`` (``status: failed``) in the trial's run folder, and the trial returns NaN.
+A job that raises leaves its reason in a log at best, and with Hydra's basic sweeper it stops the
+whole sweep; a job that returns NaN is recorded by the project's sweeper (experiments.sweeps.sweeper)
+as a FAILED trial, never as a best value. So under ``-m`` every failure of a trial (an exception, a
+user error in its sampled values, CUDA running out of memory, a diverged loss) ends here: its reason
+goes into ``failure.json`` and ``summary.json`` (``status: failed``) in the trial's run folder, where
+the sweeper reads it back for Optuna's record, and the trial returns NaN.
 KeyboardInterrupt is not caught, so Ctrl-C still stops the sweep.
 
 In a sweep with a pruner, the job's environment names its Optuna trial
