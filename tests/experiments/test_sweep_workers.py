@@ -8,7 +8,9 @@ the test opens it, so both workers are certainly running at once, whatever the m
 
 from __future__ import annotations
 
+import contextlib
 import os
+import sqlite3
 import subprocess
 import sys
 import time
@@ -31,14 +33,15 @@ def _worker(cwd: Path, n_trials: int, **env: str) -> subprocess.Popen:
 
 
 def _running(db: Path) -> int:
-    """How many trials of the shared study are RUNNING now (0 before the study exists)."""
+    """How many trials are RUNNING now (0 before the study exists). Read-only SQL: opening an Optuna
+    storage here would create its tables, racing the worker that is creating them."""
     if not db.is_file():
         return 0
     try:
-        study = optuna.load_study(study_name="shared", storage=f"sqlite:///{db}")
-    except KeyError:
+        with contextlib.closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=10)) as connection:
+            return connection.execute("select count(*) from trials where state = 'RUNNING'").fetchone()[0]
+    except sqlite3.OperationalError:  # no tables yet, or busy
         return 0
-    return len(study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)))
 
 
 def _wait_until(condition, timeout_s: float, what: str, *workers: subprocess.Popen) -> None:
