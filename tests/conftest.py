@@ -10,6 +10,19 @@ from pathlib import Path
 
 import pytest
 
+# Under pytest-xdist (the default: -n auto in pyproject.toml) every worker, and every command it starts,
+# computes on one thread: N workers on N cores, not N x N threads fighting over them.
+PARALLEL = "PYTEST_XDIST_WORKER" in os.environ
+ONE_THREAD = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"} if PARALLEL else {}
+
+
+def pytest_configure(config) -> None:
+    if PARALLEL:
+        import torch
+
+        torch.set_num_threads(1)
+
+
 REPO = Path(__file__).resolve().parents[1]
 CONF = REPO / "conf"
 TESTS = REPO / "tests"
@@ -48,7 +61,7 @@ def run_cli(module: str, *args: str, cwd: Path, env: dict | None = None, timeout
             check: bool = False) -> subprocess.CompletedProcess:
     """Run ``python -m <module> args`` the way a user does, from ``cwd``."""
     full_env = {**os.environ, "PYTHONPATH": str(TESTS / "helpers"), "WANDB_MODE": "offline",
-                "HYDRA_FULL_ERROR": "0", **(env or {})}
+                "HYDRA_FULL_ERROR": "0", **ONE_THREAD, **(env or {})}
     full_env.pop("HYDRA_FULL_ERROR") if full_env.get("HYDRA_FULL_ERROR") == "0" else None
     result = subprocess.run([sys.executable, "-m", module, *args], cwd=cwd, env=full_env, text=True,
                             capture_output=True, timeout=timeout)

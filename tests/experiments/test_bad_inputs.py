@@ -163,9 +163,20 @@ def test_hydra_full_error_shows_the_traceback(workdir):
     assert result.returncode != 0 and "Traceback" in result.stderr
 
 
-def test_unwritable_output_folder_is_reported_before_training(workdir):
-    result = run_cli("experiments.train", *TINY, "paths.output_root=/proc/cnn-experiments", cwd=workdir)
-    _assert_clean_failure(result, ["paths.output_root", "/proc/cnn-experiments", "cannot be written"])
+@pytest.mark.parametrize(("args", "words"), [
+    (["paths.output_root=/proc/cnn-experiments"], ["paths.output_root=", "/proc/cnn-experiments", "proc file system"]),
+    (["paths.output_root={file}"], ["paths.output_root=", "which is a file, not a folder"]),
+    (["hydra.run.dir={file}/sub"], ["hydra.run.dir=", "which is a file, not a folder"]),
+    (["hydra.run.dir=runs/" + "x" * 300], ["hydra.run.dir=", "300 bytes", "allow 255"]),
+    (["run_name=" + "y" * 300], ["run_name=", "must fit 255"]),
+], ids=["under /proc", "output_root is a file", "run dir under a file", "300-byte folder name", "300-byte run_name"])
+def test_an_output_folder_that_cannot_be_made_is_reported_before_anything_is_written(tmp_path, args, words):
+    (tmp_path / "a_file").write_text("not a folder")
+    before = tree_hashes(tmp_path)
+    args = [a.replace("{file}", str(tmp_path / "a_file")) for a in args]
+    result = run_cli("experiments.train", *TINY, *args, cwd=tmp_path)
+    _assert_clean_failure(result, words)
+    assert tree_hashes(tmp_path) == before  # not even an empty outputs/ folder
 
 
 def test_sweep_with_a_non_positive_log_bound_is_refused_before_writing(tmp_path):

@@ -56,18 +56,32 @@ def test_fits_known_answers(value, hint, fits):
 
 @pytest.mark.parametrize(("args", "words"), [
     (["data.augment.hflip=off"], ["data.augment.hflip='off'", "is not bool", "data.augment.hflip=false"]),
-    (["data.augment.hflip=maybe"], ["data.augment.hflip='maybe'", "is not bool"]),
-    (["optimizer.lr=nan"], ["optimizer.lr=nan", "finite"]),
-    (["model.dropout=abc"], ["model.dropout='abc'", "is not float"]),
-    (["scheduler.warmup_steps=-5"], ["scheduler.warmup_steps=-5", "must be >= 0"]),
     (["scheduler=step", "scheduler.step_size=0"], ["scheduler.step_size=0", "must be positive"]),
     (["scheduler=multistep", "scheduler.unit=epoch", "scheduler.milestones=[1,40]", "trainer.max_epochs=2"],
      ["scheduler.milestones=40", "beyond the end of the run"]),
-], ids=["hflip=off", "hflip=maybe", "lr=nan", "dropout=abc", "warmup=-5", "step_size=0", "milestone past the end"])
-def test_a_value_that_cannot_mean_what_the_user_wants_is_refused(tmp_path, args, words):
+], ids=["hflip=off", "step_size=0", "milestone past the end"])
+def test_a_value_that_cannot_mean_what_the_user_wants_is_refused_by_the_command(tmp_path, args, words):
     result = run_cli("experiments.train", *TINY, *args, cwd=tmp_path)
     assert_refused(result, words)
-    assert not (tmp_path / "outputs" / "train").exists() or not any((tmp_path / "outputs" / "train").iterdir())
+    assert not (tmp_path / "outputs").exists() or not any((tmp_path / "outputs").rglob("*"))
+
+
+@pytest.mark.parametrize(("args", "match"), [
+    (["data.augment.hflip=maybe"], r"data.augment.hflip='maybe': is not bool"),
+    (["data.augment.hflip=no"], r"data.augment.hflip='no': is not bool"),
+    (["optimizer.lr=nan"], r"optimizer.lr=nan: must be a finite number"),
+    (["optimizer.momentum=-inf"], r"optimizer.momentum=-inf: must be a finite number"),
+    (["model.dropout=abc"], r"model.dropout='abc': is not float"),
+    (["scheduler.warmup_steps=-5"], r"scheduler.warmup_steps=-5: must be >= 0"),
+    (["module.label_smoothing=1.0"], r"module.label_smoothing=1.0: must be < 1"),
+    (["data.batch_size=2.5"], r"data.batch_size=2.5: is not int"),
+    (["+model.widht=3"], r"model.widht=3: is not an argument of this target"),
+])
+def test_a_value_that_does_not_fit_its_declared_type_is_refused(compose, args, match):
+    from experiments.training.validation import validate
+
+    with pytest.raises(UserError, match=match):
+        validate(compose([*TINY, *args]))
 
 
 @pytest.mark.parametrize(("args", "words"), [

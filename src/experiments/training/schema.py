@@ -259,23 +259,32 @@ def fits(value: Any, hint: Any) -> bool:
 
 @functools.cache
 def target_hints(target: str) -> tuple[dict[str, Any], bool] | None:
-    """(argument -> type hint, whether other keys are refused) of a ``_target_``, or None if unknown."""
+    """(argument -> type hint, whether other keys are refused) of a ``_target_``, or None if unknown.
+
+    A class whose ``__init__`` passes ``**kwargs`` on (``super().__init__(**kwargs)``) takes its base
+    classes' arguments too: their hints are gathered along the MRO until an ``__init__`` without
+    ``**kwargs`` closes the list."""
     from hydra._internal.utils import _locate
 
     try:
         factory = _locate(target)
     except Exception:
         return None
-    function = factory.__init__ if inspect.isclass(factory) else factory
-    try:
-        signature = inspect.signature(factory)
-    except (TypeError, ValueError):
-        return None
-    try:
-        resolved = typing.get_type_hints(function, include_extras=True)
-    except Exception:  # a hint that names something its module does not import at run time
-        resolved = {}
-    hints = {name: resolved.get(name, parameter.annotation) for name, parameter in signature.parameters.items()
-             if parameter.kind not in (parameter.VAR_POSITIONAL, parameter.VAR_KEYWORD)}
-    closed = not any(p.kind == p.VAR_KEYWORD for p in signature.parameters.values())
-    return hints, closed
+    functions = [c.__init__ for c in factory.__mro__ if "__init__" in vars(c) and c is not object] \
+        if inspect.isclass(factory) else [factory]
+    hints: dict[str, Any] = {}
+    for function in functions:
+        try:
+            parameters = inspect.signature(function).parameters
+        except (TypeError, ValueError):
+            return None
+        try:
+            resolved = typing.get_type_hints(function, include_extras=True)
+        except Exception:  # a hint that names something its module does not import at run time
+            resolved = {}
+        for name, parameter in parameters.items():
+            if name != "self" and parameter.kind not in (parameter.VAR_POSITIONAL, parameter.VAR_KEYWORD):
+                hints.setdefault(name, resolved.get(name, parameter.annotation))
+        if not any(p.kind == p.VAR_KEYWORD for p in parameters.values()):
+            return hints, True
+    return hints, False
