@@ -85,6 +85,7 @@ def run(ctx: AnalysisContext, layer: str | None = None, channels: Sequence[int] 
         top_k: Count = 9, num_images: Count = 2000, split: str = "val", patch_px: Count = 32) -> dict:
     if top_k < 1 or num_channels < 1:
         raise UserError(f"analysis.{ctx.name}.top_k", top_k, "and num_channels must be at least 1.", "Use e.g. top_k=9.")
+    ctx.trained.prepare_split(split)  # a run is loaded with its test split only: load this one first
     split = split if getattr(ctx.trained.datamodule, f"{split}_set", None) is not None else "test"
     images, display, labels = ctx.images(num_images, split)
     model = ctx.model

@@ -31,6 +31,7 @@ SUMMARY_FILE = "summary.json"
 METRICS_FILE = "metrics.csv"
 FAILURE_FILE = "failure.json"
 LOCK_FILE = ".lock"
+CHECKPOINT_SUFFIXES = (".ckpt", ".pt", ".pth")
 CHECKPOINT_DIR = "checkpoints"
 LAST_CHECKPOINT = "last.ckpt"
 PACKAGES = ("torch", "torchvision", "pytorch-lightning", "torchmetrics", "hydra-core", "omegaconf", "numpy")
@@ -281,6 +282,10 @@ class RunFolder:
         if path.is_file():
             for parent in path.parents:
                 if cls.is_run_folder(parent):
+                    if path.suffix not in CHECKPOINT_SUFFIXES:
+                        raise UserError(key, str(target), f"is a file of run {parent.name} but not a checkpoint "
+                                        f"({path.name}).", f"Pass the run folder ({key}={parent}) or one of its "
+                                        f"{CHECKPOINT_DIR}/*.ckpt files.")
                     return cls(parent, key), path
             hint = (" (config.yaml is the run's record, not the run: pass its folder)"
                     if path.name in (CONFIG_FILE, SUMMARY_FILE) else "")
