@@ -9,7 +9,8 @@ import pytest
 from tests.conftest import TINY, assert_refused, run_cli, tree_hashes
 
 ALL_BUT_CAM = ["saliency", "occlusion", "gradcam", "gradcampp", "max_activating", "tsne", "class_model", "fgsm",
-               "pgd", "feature_inversion", "loss_landscape"]
+               "pgd", "feature_inversion", "loss_landscape", "guided_backprop", "deconvnet", "guided_gradcam",
+               "deconvnet_patches", "lesion"]
 SMALL = ["analysis.saliency.num_images=4", "analysis.saliency.smoothgrad_samples=3", "analysis.occlusion.num_images=3",
          "analysis.gradcam.num_images=3", "analysis.gradcampp.num_images=3", "analysis.cam.num_images=3",
          "analysis.max_activating.num_images=96", "analysis.max_activating.num_channels=3",
@@ -18,7 +19,11 @@ SMALL = ["analysis.saliency.num_images=4", "analysis.saliency.smoothgrad_samples
          "analysis.fgsm.epsilons=[0,0.05,0.3]", "analysis.pgd.num_images=32", "analysis.pgd.pgd_steps=2",
          "analysis.pgd.epsilons=[0,0.3]", "analysis.feature_inversion.steps=5", "analysis.feature_inversion.num_images=1",
          "analysis.loss_landscape.num_images=64", "analysis.loss_landscape.points_1d=5",
-         "analysis.loss_landscape.points_2d=3"]
+         "analysis.loss_landscape.points_2d=3", "analysis.guided_backprop.num_images=2",
+         "analysis.deconvnet.num_images=2", "analysis.guided_gradcam.num_images=2",
+         "analysis.deconvnet_patches.num_images=64", "analysis.deconvnet_patches.num_channels=2",
+         "analysis.deconvnet_patches.top_k=4", "analysis.lesion.num_images=64", "analysis.lesion.max_deleted=2",
+         "analysis.lesion.draws=2"]
 
 
 def _train(workdir: Path, *extra: str) -> Path:
