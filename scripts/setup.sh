@@ -19,3 +19,6 @@ fi
 # torch/torchvision first, pinned to the builds verified on this machine kind (see pyproject ranges).
 .venv/bin/python -m pip install -q "torch==2.14.1" "torchvision==0.29.1"
 .venv/bin/python -m pip install -q -e ".[dev,sweeps]"
+# The sweeper is our own on current Optuna now: a venv made before that still has the old plugin, whose
+# hydra_plugins package would register a second "optuna" sweeper pinned to Optuna 2.
+.venv/bin/python -m pip uninstall -q -y hydra-optuna-sweeper 2>/dev/null || true

@@ -111,3 +111,10 @@ def test_tiny_degradation_study_ends_with_its_comparison(tmp_path):
     assert verdict["verdict"].split(":")[0] in result.stdout + result.stderr
     html = (out / "report.html").read_text()
     assert "data:image/png;base64," in html and "http://" not in html and "https://" not in html
+    # He et al. Fig. 7 across the runs: one curve per net, one point per 3x3 conv (a CIFAR net of depth
+    # 6n+2 has 6n+1 of them: the stem and two per block; the last layer is the FC).
+    assert (out / "layer_responses.png").is_file() and "Fig. 7" in html
+    responses = json.loads((out / "layer_responses.json").read_text())["groups"]
+    assert len(responses) == 4
+    assert sorted(g["layers"] for g in responses.values()) == [7, 7, 13, 13]
+    assert all(s >= 0 for g in responses.values() for s in g["std"])

@@ -31,6 +31,7 @@ SUMMARY_FILE = "summary.json"
 METRICS_FILE = "metrics.csv"
 FAILURE_FILE = "failure.json"
 LOCK_FILE = ".lock"
+DIAGNOSTICS_DIR = "diagnostics"
 CHECKPOINT_SUFFIXES = (".ckpt", ".pt", ".pth")
 CHECKPOINT_DIR = "checkpoints"
 LAST_CHECKPOINT = "last.ckpt"
@@ -383,6 +384,10 @@ class RunFolder:
     def failure(self) -> dict[str, Any] | None:
         """``failure.json`` of a failed sweep trial, or None."""
         return self._json(self.failure_file)
+
+    def diagnostic(self, name: str) -> dict[str, Any] | None:
+        """``diagnostics/<name>.json``, written by a diagnostics callback (None when it was not recorded)."""
+        return self._json(self.path / DIAGNOSTICS_DIR / f"{name}.json")
 
     def status(self) -> str:
         """finished, running, interrupted, diverged, failed, ... ("unknown" when nothing says)."""

@@ -33,6 +33,7 @@ from typing import Any
 
 from experiments.core.runs import RunFolder, new_folder
 from experiments.studies import run_table as rt
+from experiments.studies.layer_responses import plot_layer_responses
 
 RESIDUAL_KEY = "model.residual"
 
@@ -51,6 +52,7 @@ class Comparison:
     degradation: dict[str, Any] | None = None
     figure_png: Path | None = None
     figure_svg: Path | None = None
+    layer_responses: Path | None = None  # He et al. Fig. 7 across runs, when the runs recorded it
     html: Path | None = None
 
 
@@ -139,6 +141,8 @@ def _print(comparison: Comparison, headers_body_runs, headers_body_groups) -> No
         console.print(comparison.degradation["verdict"], highlight=False)
     if comparison.figure_png:
         console.print(f"figure: {comparison.figure_png} (+ .svg)", highlight=False)
+    if comparison.layer_responses:
+        console.print(f"layer responses (He et al. Fig. 7): {comparison.layer_responses}", highlight=False)
     console.print(f"tables: {comparison.out / 'runs.csv'}, {comparison.out / 'groups.csv'} (+ .md)", highlight=False)
     if comparison.html:
         console.print(f"report: {comparison.html}", highlight=False)
@@ -157,6 +161,10 @@ def write_html(comparison: Comparison, path: Path, title: str, folders: list[Pat
     if comparison.figure_png:
         report.heading("Error curves")
         report.figure(comparison.figure_png, "Training error (thin, dashed) and validation error (bold) per epoch.")
+    if comparison.layer_responses:
+        report.heading("Layer responses (He et al. 2016, Fig. 7)")
+        report.figure(comparison.layer_responses, "Std of each 3x3 layer's response after BN, before the nonlinearity "
+                      "and the addition: by layer index (top) and sorted (bottom); plain dashed, ResNet solid.")
     report.heading("Configurations: best (mean ± std) over seeds")
     report.table(*rt.display_group_table(comparison.group_rows, comparison.keys))
     report.heading("Runs")
@@ -215,6 +223,9 @@ def compare(folders: list[Path], by: list[str] | None = None, html: bool = False
         comparison.figure_png, comparison.figure_svg = figure
     else:
         comparison.notes.append("No run has epoch-level metrics yet: no figure.")
+    responses = plot_layer_responses(runs, keys, out)
+    if responses:
+        comparison.layer_responses = responses[0]
     comparison.degradation = rt.degradation_check(runs)
     runs_table, groups_table = rt.display_run_table(comparison.run_rows, keys), \
         rt.display_group_table(comparison.group_rows, keys)
