@@ -48,12 +48,12 @@ def _train(cfg: DictConfig) -> float:
 
 
 if __name__ == "__main__":
-    from experiments.core.fast_help import print_help, unknown_option, wants_app_help
+    from experiments.core.fast_help import print_help, unknown_key, unknown_option, wants_app_help
 
     if wants_app_help(sys.argv):
         print_help("train", "train", sys.argv)
         sys.exit(0)
-    unknown = unknown_option(sys.argv[1:])
+    unknown = unknown_option(sys.argv[1:]) or unknown_key(sys.argv[1:])
     if unknown:
         import textwrap
 

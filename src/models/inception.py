@@ -57,7 +57,11 @@ class InceptionV3(ClassifierMixin, Inception3):
         aux_batch_norm: bool = False,
         dropout: float = 0.5,
         init: str = "default",
+        transform_input: bool = False,
     ) -> None:
+        """``transform_input``: re-scale ImageNet-normalised inputs to the (x - 0.5) / 0.5 range that
+        Google's Inception v3 weights were trained on, as torchvision's ``inception_v3(weights=...)`` does;
+        only for those weights (a network trained here learns on the data's own normalisation)."""
         require_positive_int("in_channels", in_channels)
         require_positive_int("num_classes", num_classes)
         require_positive_int("input_size", input_size)
@@ -70,7 +74,10 @@ class InceptionV3(ClassifierMixin, Inception3):
                 f"Set data.image_size to at least {minimum} (the paper's input is 299x299)"
                 + (", or aux_logits: false." if aux_logits else "."),
             )
-        super().__init__(num_classes=num_classes, aux_logits=aux_logits, transform_input=False,
+        if transform_input and in_channels != 3:
+            raise ModelConfigError("transform_input", transform_input, "re-scales ImageNet's 3 RGB channels only.",
+                                   "Set model.transform_input=false for other inputs.")
+        super().__init__(num_classes=num_classes, aux_logits=aux_logits, transform_input=transform_input,
                          init_weights=init == "default", dropout=dropout)
         if in_channels != 3:
             self.Conv2d_1a_3x3 = BasicConv2d(in_channels, 32, kernel_size=3, stride=2)

@@ -60,12 +60,20 @@ class VariantProblem(NamedTuple):
 def torchvision_variant_problem(model: nn.Module) -> VariantProblem | None:
     """``None`` when torchvision's weights mean the same network in ``model`` as in torchvision; else why not.
 
-    The one such case in the zoo: bottleneck blocks (in the part of ``model`` that is there, e.g. the kept
+    The cases in the zoo: an Inception v3 without torchvision's input transform, and bottleneck blocks (in the part of ``model`` that is there, e.g. the kept
     layers of a cut network) with the stride on their first 1x1 conv (``stride_in_1x1: true``), which
     torchvision's ResNets, ResNeXts and wide ResNets put on the 3x3. Keys and shapes are not compared here.
     """
+    from models.inception import InceptionV3
     from models.resnet import Bottleneck, ResNet
 
+    if isinstance(model, InceptionV3) and not model.transform_input:
+        return VariantProblem(
+            "torchvision's inception_v3 weights were trained on inputs re-scaled to (x - 0.5) / 0.5, which its "
+            "builder does inside the network (transform_input=True), and this model leaves its input as it is: "
+            "the weights would load without a word and see differently scaled images.",
+            "For torchvision's weights set model.transform_input=true (ImageNet's data.mean/std stay as they are).",
+            "inception_v3")
     strided = [name for name, module in model.named_modules()
                if isinstance(module, Bottleneck) and tuple(module.conv1.stride) != (1, 1)]
     if not strided:

@@ -13,8 +13,10 @@ from tests.conftest import TINY, assert_refused, run_cli, tree_hashes
 
 # (arguments, words the message must contain)
 TRAIN_CASES = [
-    (["model=nonexistent"], ["model/nonexistent", "Available options"]),
-    (["optimizer.lrr=0.1"], ["optimizer.lrr"]),
+    (["model=nonexistent"], ["model=nonexistent", "no such model", "--help"]),
+    (["model=resnt56"], ["model=resnt56", "Did you mean resnet56"]),
+    (["optimizer.lrr=0.1"], ["optimizer.lrr=0.1", "no key 'lrr' under optimizer", "Did you mean optimizer.lr?"]),
+    (["data.augment.hflp=true"], ["data.augment.hflp=true", "no key 'hflp'", "data.augment.hflip"]),
     (["data.batch_size=abc"], ["data.batch_size", "abc"]),
     (["data.batch_size=0"], ["data.batch_size=0"]),
     (["optimizer.lr=0"], ["optimizer.lr=0", "positive"]),
@@ -23,7 +25,7 @@ TRAIN_CASES = [
     (["trainer.max_epochs=0"], ["trainer.max_epochs=0"]),
     (["trainer.precision=17"], ["trainer.precision"]),
     (["model.dropout=1.5"], ["model.dropout=1.5"]),
-    (["data.image_size=12"], ["input_size=12", "data.image_size=32"]),
+    (["data.image_size=12"], ["data.image_size=12", "sets model.input_size", "data.image_size=32"]),
     (["data.val_size=100000"], ["data.val_size"]),
     (["data.augment.crop_padding=-4"], ["data.augment.crop_padding"]),
     (["scheduler=multistep", "scheduler.milestones=[1.5]"], ["scheduler.milestones", "fraction"]),

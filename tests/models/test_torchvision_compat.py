@@ -40,10 +40,15 @@ def input_side(builder: str) -> int:
     return 224 if builder.startswith(FC_SIZED_FOR_224) else SMALLEST.get(builder, 32)
 
 
-def from_config(config: str) -> nn.Module:
+# torchvision's pretrained builders switch these on with the weights: the twin takes them from the config.
+WITH_WEIGHTS = {"inception_v3": ({"transform_input": True}, ["model.transform_input=true"])}
+
+
+def from_config(config: str, *overrides: str) -> nn.Module:
     """``model=<config>`` at 3 channels, 1000 classes and the config's own input size, on the meta device."""
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        cfg = compose(config_name="train", overrides=[f"model={config}", "data=synthetic", "data.num_classes=1000"])
+        cfg = compose(config_name="train", overrides=[f"model={config}", "data=synthetic", "data.num_classes=1000",
+                                                      *overrides])
     cfg.data.image_size = int(OmegaConf.select(cfg, "model.paper.input_size", default=224))
     node = OmegaConf.to_container(cfg.model, resolve=True)
     accepted = inspect.signature(get_class(node["_target_"])).parameters  # `paper`, `channels_last`: metadata
@@ -55,7 +60,7 @@ def from_config(config: str) -> nn.Module:
 def torchvision_model(builder: str) -> nn.Module:
     """torchvision's model with random weights and random BatchNorm statistics (so a swap would show)."""
     options = {"init_weights": False} if builder == "inception_v3" else {}  # its truncnorm init is slow
-    model = tv.get_model(builder, weights=None, **options).eval()
+    model = tv.get_model(builder, weights=None, **options, **WITH_WEIGHTS.get(builder, ({}, []))[0]).eval()
     with torch.no_grad():
         for module in model.modules():
             if isinstance(module, nn.BatchNorm2d):
@@ -82,7 +87,7 @@ def test_torchvision_weights_load_strictly_into_the_twin_config_and_give_the_sam
                                                                                         config: str) -> None:
     torch.manual_seed(0)
     reference = torchvision_model(builder)
-    model = from_config(config)
+    model = from_config(config, *WITH_WEIGHTS.get(builder, ({}, []))[1])
     model.load_state_dict(reference.state_dict(), strict=True, assign=True)
     assert not any(t.is_meta for t in [*model.parameters(), *model.buffers()])
     assert torchvision_variant_problem(model) is None
@@ -100,6 +105,12 @@ def test_the_paper_v1_resnets_are_named_as_not_torchvision(config: str, twin: st
     found = torchvision_variant_problem(from_config(config))
     assert found is not None and found.twin == twin
     assert f"model={twin}" in found.fix and "layer2.0.conv1" in found.problem
+
+
+def test_inception_v3_without_torchvisions_input_transform_is_named() -> None:
+    found = torchvision_variant_problem(from_config("inception_v3"))
+    assert found is not None and "model.transform_input=true" in found.fix
+    assert torchvision_variant_problem(from_config("inception_v3", "model.transform_input=true")) is None
 
 
 def test_a_v1_resnet_takes_torchvision_weights_strictly_and_computes_something_else() -> None:

@@ -12,6 +12,7 @@ import difflib
 import re
 import sys
 from pathlib import Path
+from typing import Any
 
 from omegaconf import OmegaConf, open_dict
 
@@ -84,4 +85,45 @@ def unknown_option(argv: list[str], conf: Path = CONF) -> str | None:
                 hint = f"Did you mean {', '.join(close)}? " if close else ""
                 return (f"Error: {group}={name}: there is no such {group} (conf/{group}/{name}.yaml does not exist). "
                         f"{hint}`python -m experiments.train --help` lists every {group}.")
+    return None
+
+
+def unknown_key(argv: list[str], config_name: str = "train", conf: Path = CONF) -> str | None:
+    """One paragraph for a ``key=value`` override whose key the config does not have (Hydra answers
+    "Could not override ... not in struct" with exit 1), with the closest keys; None when all exist.
+    ``+key=value`` adds a key on purpose and is left alone, as are Hydra's own ``hydra.*`` keys."""
+    from hydra import compose, initialize_config_dir
+    from omegaconf import DictConfig
+
+    groups = config_groups(conf)
+    choices, dotted = [], []
+    for argument in argv:
+        if argument.startswith("-") or "=" not in argument or argument.startswith(("+", "~")):
+            continue
+        key, value = argument.split("=", 1)
+        if key in groups or "/" in key:
+            choices.append(f"{key}={value.split(',')[0]}")  # a sweep's first option stands for all
+        elif not key.startswith("hydra.") and "." in key:
+            dotted.append((key, value))
+    if not dotted:
+        return None
+    try:
+        with initialize_config_dir(config_dir=str(conf), version_base="1.3"):
+            cfg = compose(config_name=config_name, overrides=choices)
+    except Exception:
+        return None  # a composition problem of another kind: Hydra's own message says it
+    for key, value in dotted:
+        node: Any = cfg
+        parts = key.split(".")
+        for depth, part in enumerate(parts):
+            if not isinstance(node, DictConfig):
+                break  # inside a list or a plain value: Hydra's own checks
+            if part not in node:
+                where = ".".join(parts[:depth]) or "the top level"
+                close = difflib.get_close_matches(part, [str(k) for k in node], n=3, cutoff=0.6)
+                names = [".".join([*parts[:depth], c]) for c in close]
+                hint = f"Did you mean {', '.join(names)}? " if close else ""
+                return (f"Error: {key}={value}: there is no key {part!r} under {where}. {hint}"
+                        f"`python -m experiments.{config_name} --cfg job` shows every key; +{key}={value} adds a new one.")
+            node = node.get(part) if not OmegaConf.is_interpolation(node, part) else None
     return None

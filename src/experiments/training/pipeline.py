@@ -23,8 +23,9 @@ from experiments.training.validation import validate
 
 
 def _is_launcher_process() -> bool:
-    """False in the extra processes that Lightning's DDP launcher starts (they re-run this job)."""
-    return os.environ.get("LOCAL_RANK", "0") == "0" and os.environ.get("NODE_RANK", "0") == "0"
+    """False in the extra processes that Lightning's DDP launcher starts (they re-run this job), and in
+    every process but global rank 0 under torchrun (each node runs the job; RANK tells them apart)."""
+    return all(os.environ.get(name, "0") == "0" for name in ("LOCAL_RANK", "NODE_RANK", "RANK"))
 
 
 def _resume_target(cfg: DictConfig, fresh_dir: Path) -> Path | None:

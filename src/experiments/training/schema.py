@@ -100,6 +100,8 @@ def undeclared_keys(cfg: DictConfig) -> list[str]:
 
 
 def _fix(key: str, hint: Any) -> str:
+    if hint is None:
+        return "Remove it, or check its spelling against `python -m experiments.train --cfg job`."
     if hint is bool:
         return f"Use {key}=true or {key}=false."
     return f"Use a value of type {describe(hint)} (python -m experiments.train --cfg job shows the defaults)."
