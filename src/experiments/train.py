@@ -39,7 +39,7 @@ def _train(cfg: DictConfig) -> float:
     except KeyboardInterrupt:  # Ctrl-C while the code loads: Hydra already made the run folder
         from pathlib import Path
 
-        from experiments.core.runs import remove_unused_run_folder
+        from experiments.core.output_folders import remove_unused_run_folder
 
         remove_unused_run_folder(Path(cfg.paths.run_dir), Path(cfg.paths.output_root))
         print("\nInterrupted before training started; no run folder was kept.", file=sys.stderr, flush=True)
@@ -60,7 +60,7 @@ if __name__ == "__main__":
         print(textwrap.fill(unknown, width=100), file=sys.stderr)
         sys.exit(2)
     if not any(a.startswith("--") for a in sys.argv[1:]):  # --cfg, --info ... write nothing
-        from experiments.core.runs import check_output_folders
+        from experiments.core.output_folders import check_output_folders
 
         check_output_folders(sys.argv[1:])
     main()

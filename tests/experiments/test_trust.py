@@ -14,7 +14,8 @@ from pathlib import Path
 import pytest
 from tests.conftest import TESTS, TINY, assert_refused, run_cli, tree_hashes
 
-from experiments.core.runs import RunFolder, new_folder
+from experiments.core.output_folders import new_folder
+from experiments.core.runs import RunFolder
 
 FIXTURE = TESTS / "fixtures" / "run_before_move"
 

@@ -31,7 +31,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from experiments.core.runs import RunFolder, new_folder
+from experiments.core.output_folders import new_folder
+from experiments.core.runs import RunFolder
 from experiments.studies import run_table as rt
 from experiments.studies.layer_responses import plot_layer_responses
 

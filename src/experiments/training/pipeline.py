@@ -17,7 +17,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from experiments.core import runs
+from experiments.core import output_folders, provenance, runs
 from experiments.core.errors import UserError
 from experiments.training.validation import validate
 
@@ -64,15 +64,15 @@ def train(cfg: DictConfig) -> float:
             prepared = _prepare(cfg, resume_dir)
         except KeyboardInterrupt:  # Ctrl-C before training started: nothing worth keeping was made
             if _is_launcher_process():
-                runs.remove_unused_run_folder(fresh_dir, Path(cfg.paths.output_root))
+                output_folders.remove_unused_run_folder(fresh_dir, Path(cfg.paths.output_root))
             print("\nInterrupted before training started; no run folder was kept.", file=sys.stderr, flush=True)
             raise SystemExit(130) from None
         except Exception:
             if _is_launcher_process():
-                runs.remove_unused_run_folder(fresh_dir, Path(cfg.paths.output_root))
+                output_folders.remove_unused_run_folder(fresh_dir, Path(cfg.paths.output_root))
             raise
         if resume_dir is not None and _is_launcher_process() and resume_dir.resolve() != fresh_dir.resolve():
-            runs.remove_unused_run_folder(fresh_dir, Path(cfg.paths.output_root))
+            output_folders.remove_unused_run_folder(fresh_dir, Path(cfg.paths.output_root))
         return _fit_and_test(cfg, started, **prepared)
 
 
@@ -151,7 +151,7 @@ def _prepare(cfg: DictConfig, resume_dir: Path | None) -> dict[str, Any]:
         runs.load_model_weights(module, checkpoint, last)  # a clear error if the architecture changed
         ckpt_path, keep_through_epoch = str(last), int(checkpoint.get("epoch", 0))
     if _is_launcher_process():
-        runs.check_writable(run_dir)
+        output_folders.check_writable(run_dir)
     return {"datamodule": datamodule, "module": module, "ckpt_path": ckpt_path,
             "keep_through_epoch": keep_through_epoch, "profile": profile, "transferred": transferred}
 
@@ -285,8 +285,8 @@ def _write_summary(cfg: DictConfig, run_dir: Path, status: str, started: float, 
         "epochs": epochs,
         "steps": steps,
         "wall_time_s": round(wall, 2),
-        "git_commit": runs.git_commit(),
-        "versions": dict(runs.package_versions()),
+        "git_commit": provenance.git_commit(),
+        "versions": dict(provenance.package_versions()),
         "command": " ".join(["python -m experiments.train", *overrides]),
     }
     if transferred:
