@@ -51,3 +51,17 @@ class SignalAtStep(pl.Callback):
 def interrupted_datamodule(**_settings):
     """A ``data._target_`` that is Ctrl-C pressed while the data loads (before training starts)."""
     raise KeyboardInterrupt
+
+
+class SaveWeightsPerRank(pl.Callback):
+    """At the end of fit, every rank saves its model's weights to ``<folder>/weights-rank<R>.pt``: a test
+    compares them (data parallelism keeps the replicas identical)."""
+
+    def __init__(self, folder: str) -> None:
+        self.folder = folder
+
+    def on_fit_end(self, trainer, pl_module):
+        import torch
+
+        os.makedirs(self.folder, exist_ok=True)
+        torch.save(pl_module.model.state_dict(), os.path.join(self.folder, f"weights-rank{trainer.global_rank}.pt"))
