@@ -186,3 +186,14 @@ def test_sweep_with_a_non_positive_log_bound_is_refused_before_writing(tmp_path)
                      "hydra.sweeper.params.optimizer.lr='tag(log, interval(0, 1e-2))'", cwd=tmp_path)
     _assert_clean_failure(result, ["hydra.sweeper.params.optimizer.lr", "log", "0 < a < b"])
     assert [p for p in tmp_path.rglob("*") if p.is_file()] == [], "no sweep folder or study database"
+
+
+def test_the_unknown_key_check_knows_keys_left_at_missing_and_added_keys():
+    from experiments.core.fast_help import unknown_key
+
+    assert unknown_key(["data=imagefolder", "data.root=/x"]) is None  # root: ??? is a key all the same
+    assert unknown_key(["finetune=head", "finetune.from=/x"]) is None
+    assert unknown_key(["+model.brand_new=1"]) is None  # + adds a key on purpose
+    assert unknown_key(["model=resnet20", "model.depth=20", "hydra.run.dir=/x"]) is None
+    message = unknown_key(["model=resnet20", "model.depht=20"])
+    assert message is not None and "model.depth" in message and "no key 'depht' under model" in message

@@ -118,12 +118,13 @@ def unknown_key(argv: list[str], config_name: str = "train", conf: Path = CONF) 
         for depth, part in enumerate(parts):
             if not isinstance(node, DictConfig):
                 break  # inside a list or a plain value: Hydra's own checks
-            if part not in node:
+            if part not in list(node.keys()):  # (`in` is False for a key left at ???)
                 where = ".".join(parts[:depth]) or "the top level"
                 close = difflib.get_close_matches(part, [str(k) for k in node], n=3, cutoff=0.6)
                 names = [".".join([*parts[:depth], c]) for c in close]
                 hint = f"Did you mean {', '.join(names)}? " if close else ""
                 return (f"Error: {key}={value}: there is no key {part!r} under {where}. {hint}"
                         f"`python -m experiments.{config_name} --cfg job` shows every key; +{key}={value} adds a new one.")
-            node = node.get(part) if not OmegaConf.is_interpolation(node, part) else None
+            child = node._get_node(part)
+            node = child if isinstance(child, DictConfig) and not child._is_missing() else None
     return None
