@@ -138,3 +138,14 @@ def test_compare_and_report_skip_a_damaged_run_and_report_the_rest(tmp_path):
     reported = run_cli("experiments.report", str(sweep), cwd=tmp_path)
     assert reported.returncode == 0, reported.stderr[-2000:]
     assert "0_good" in (sweep / "report.html").read_text()
+
+
+def test_sweep_report_reads_a_command_line_grid_and_says_what_a_file_is(tmp_path):
+    run_cli("experiments.train", "-m", *TINY, "trainer.max_epochs=1", "optimizer.lr=-1,0.05", cwd=tmp_path,
+            check=True)
+    (sweep,) = (tmp_path / "outputs" / "multirun").glob("*/*")
+    reported = run_cli("experiments.sweep_report", str(sweep), "--no-plots", cwd=tmp_path, check=True)
+    assert "optimizer.lr=-1: must be > 0" in " ".join(reported.stdout.split())  # the failed trial's reason
+    assert "best: trial 1" in reported.stdout
+    assert_refused(run_cli("experiments.sweep_report", str(FIXTURE / "summary.json"), cwd=tmp_path),
+                   ["is a file, not a sweep folder"])

@@ -80,6 +80,9 @@ class Trial:
 def read_sweep(sweep_dir: Path) -> tuple[SweepInfo, list[Trial]]:
     """The sweep's settings and its trials, best first (failed and unfinished ones last)."""
     sweep_dir = Path(sweep_dir)
+    if sweep_dir.is_file():
+        raise UserError("sweep folder", str(sweep_dir), "is a file, not a sweep folder.",
+                        "Pass the folder a sweep printed, e.g. outputs/sweeps/<study> or outputs/multirun/<date>/<time>.")
     if not sweep_dir.is_dir():
         raise UserError("sweep folder", str(sweep_dir), "does not exist.",
                         "Pass the folder a sweep printed, e.g. outputs/sweeps/<study> or outputs/multirun/<date>/<time>.")
@@ -115,7 +118,9 @@ def sweep_info(config: DictConfig) -> SweepInfo:
     direction = sweeper.get("direction")
     direction = str(direction).split(".")[-1] if direction is not None else (
         "maximize" if metric.endswith(("acc", "acc5")) else "minimize")
-    declared = [f"{k}={v}" for k, v in flatten(OmegaConf.to_container(sweeper.get("params") or {})).items()]
+    params = sweeper.get("params")  # Hydra's basic sweeper (a grid on the command line) may have none
+    params = OmegaConf.to_container(params) if isinstance(params, DictConfig) else dict(params or {})
+    declared = [f"{k}={v}" for k, v in flatten(params).items()]
     declared += list(OmegaConf.select(config, "hydra.overrides.task") or [])
     info = SweepInfo(metric=metric, direction=direction, study_name=sweeper.get("study_name"))
     for override in OverridesParser.create().parse_overrides(declared):
