@@ -149,3 +149,12 @@ def test_sweep_report_reads_a_command_line_grid_and_says_what_a_file_is(tmp_path
     assert "best: trial 1" in reported.stdout
     assert_refused(run_cli("experiments.sweep_report", str(FIXTURE / "summary.json"), cwd=tmp_path),
                    ["is a file, not a sweep folder"])
+
+
+def test_a_command_line_grid_whose_every_job_failed_exits_1_with_the_reasons(tmp_path):
+    result = run_cli("experiments.train", "-m", *TINY, "trainer.max_epochs=1", "optimizer.lr=-1,-2", cwd=tmp_path)
+    assert result.returncode == 1
+    message = " ".join(result.stderr.split())
+    assert "every job of this multirun failed (2 of 2: 2 user_error)" in message
+    assert "optimizer.lr=-1: must be > 0" in message and "optimizer.lr=-2: must be > 0" in message
+    assert "Traceback" not in result.stderr
