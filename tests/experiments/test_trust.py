@@ -158,3 +158,55 @@ def test_a_command_line_grid_whose_every_job_failed_exits_1_with_the_reasons(tmp
     assert "every job of this multirun failed (2 of 2: 2 user_error)" in message
     assert "optimizer.lr=-1: must be > 0" in message and "optimizer.lr=-2: must be > 0" in message
     assert "Traceback" not in result.stderr
+
+
+def test_comparing_one_folder_twice_keeps_both_reports(tmp_path, monkeypatch):
+    from experiments.studies.compare import compare
+
+    run = _copy(tmp_path)
+    one, two = (compare([run], print_tables=False) for _ in range(2))
+    assert (one.out.name, two.out.name) == ("compare", "compare-2")
+    assert (one.out / "runs.csv").is_file() and (two.out / "runs.csv").is_file()
+
+
+def test_ctrl_c_before_training_keeps_no_folder(tmp_path):
+    # Ctrl-C while the data loads: the datamodule's constructor raises KeyboardInterrupt, as Python does.
+    result = run_cli("experiments.train", *TINY, "data._target_=crash_callbacks.interrupted_datamodule",
+                     cwd=tmp_path)
+    assert result.returncode == 130 and "Traceback" not in result.stderr
+    assert "Interrupted before training started; no run folder was kept." in result.stderr
+    assert not list((tmp_path / "outputs").rglob("*.log")) and not list((tmp_path / "outputs").glob("train/*"))
+
+
+@pytest.mark.parametrize(("args", "match"), [
+    (["trainer=gpu"], r"trainer.accelerator='gpu': is not available: this machine has no visible GPU"),
+    (["trainer.accelerator=tpu"], r"trainer.accelerator='tpu': is not available"),
+    (["trainer.devices=0"], r"trainer.devices=0: asks for no device at all"),
+])
+def test_hardware_that_is_not_there_is_one_paragraph(compose, args, match):
+    import torch
+
+    from experiments.core.errors import UserError
+    from experiments.training.validation import validate
+
+    if torch.cuda.is_available() and "gpu" in args[0]:
+        pytest.skip("this machine has a GPU")
+    with pytest.raises(UserError, match=match):
+        validate(compose([*TINY, *args]))
+
+
+def test_messages_name_what_the_user_gave(tmp_path):
+    evaluated = run_cli("experiments.eval", f"run={FIXTURE / 'config.yaml'}", cwd=tmp_path)
+    assert_refused(evaluated, ["is a file of run", "but not a checkpoint", f"run={FIXTURE}"])
+    summary = run_cli("experiments.summary", "model=resnet20", "data.image_size=0", cwd=tmp_path)
+    assert_refused(summary, ["data.image_size=0", "sets model.input_size", "Set data.image_size"])
+
+
+def test_sweep_report_says_why_a_trial_is_unreadable(tmp_path):
+    from experiments.sweeps.report import read_sweep
+
+    sweep = tmp_path / "sweep"
+    shutil.copytree(FIXTURE, sweep / "0_lenet5-synthetic")
+    (sweep / "0_lenet5-synthetic" / "summary.json").write_text("{not json")
+    _, (trial,) = read_sweep(sweep)
+    assert trial.status == "unreadable" and "damaged summary.json" in trial.reason

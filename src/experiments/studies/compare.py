@@ -195,8 +195,10 @@ def _text(path: Path, missing: str) -> str:
 
 
 def default_out(folders: list[Path]) -> Path:
+    """``<folder>/compare`` for one folder (``compare-2``, ... when that exists: a report is never
+    overwritten), else a new ``outputs/compare/<time>`` folder."""
     if len(folders) == 1:
-        return folders[0] / "compare"
+        return new_folder(folders[0], "compare")
     return new_folder(Path("outputs") / "compare", time.strftime("%Y-%m-%d_%H-%M-%S"))
 
 
