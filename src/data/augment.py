@@ -50,7 +50,7 @@ class BatchPipeline:
         x = self.fit_size(x)
         if train:
             if self.crop_padding:
-                x = random_crop(x, self.crop_padding)
+                x = random_crop(x, self.crop_padding, fill=self.mean.to(x.device))
             if self.hflip:
                 x = random_hflip(x)
             if self.color_jitter:
@@ -70,16 +70,23 @@ class BatchPipeline:
                              align_corners=False, antialias=self.image_size < size)
 
 
-def random_crop(x: torch.Tensor, padding: int) -> torch.Tensor:
-    """Zero-pad by ``padding`` and crop back at an independent random offset for every image."""
+def random_crop(x: torch.Tensor, padding: int, fill: torch.Tensor | None = None) -> torch.Tensor:
+    """Pad by ``padding`` and crop back at an independent random offset for every image.
+
+    The padding is ``fill`` (per channel, shape (1, C, 1, 1)): the pipeline passes the dataset mean, so a
+    padded pixel is 0 after normalisation, as in He et al.'s CIFAR recipe (mean-subtracted images padded
+    with zeros); without ``fill``, zeros (black)."""
     n, _, h, w = x.shape
+    if fill is not None:
+        x = x - fill
     padded = F.pad(x, (padding,) * 4)
     dy = torch.randint(0, 2 * padding + 1, (n, 1), device=x.device)
     dx = torch.randint(0, 2 * padding + 1, (n, 1), device=x.device)
     rows = (dy + torch.arange(h, device=x.device)).view(n, 1, h, 1).expand(n, x.shape[1], h, w + 2 * padding)
     cropped = padded.gather(2, rows)
     cols = (dx + torch.arange(w, device=x.device)).view(n, 1, 1, w).expand(n, x.shape[1], h, w)
-    return cropped.gather(3, cols)
+    out = cropped.gather(3, cols)
+    return out + fill if fill is not None else out
 
 
 def random_hflip(x: torch.Tensor) -> torch.Tensor:

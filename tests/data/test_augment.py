@@ -129,3 +129,13 @@ def test_on_after_batch_transfer_augments_only_while_training():
     assert torch.equal(dm.on_after_batch_transfer((images, labels), 0)[0], plain)
     dm.trainer = SimpleNamespace(training=True)
     assert not torch.equal(dm.on_after_batch_transfer((images, labels), 0)[0], plain)
+
+
+def test_padding_of_random_crops_is_the_mean_so_zero_after_normalisation():
+    # He et al. pad mean-subtracted images with zeros: a padded pixel carries no signal.
+    pipeline = BatchPipeline(mean=[0.25, 0.75], std=[0.5, 0.5], image_size=4, native_size=4, crop_padding=4)
+    images = torch.ones(64, 2, 4, 4)  # white: every non-padding pixel is (1 - mean) / std > 0
+    out = pipeline(images, train=True)
+    padded = out != out.new_tensor([1.5, 0.5]).view(1, 2, 1, 1)
+    assert padded.any(), "with padding 4 on a 4x4 image most crops hold padding"
+    assert torch.equal(out[padded], torch.zeros_like(out[padded]))
