@@ -182,7 +182,13 @@ class ImageFolderDataModule(pl.LightningDataModule):
             raise DataConfigError("root", str(self.root), "has no val/ or test/ folder for the test set.",
                                   "Add root/val/<class>/*.jpg.")
         test = self._folder(self.test_samples, train=False)
-        self.test_set = Subset(test, list(range(len(test)))[: self.test_subset]) if self.test_subset else test
+        if self.test_subset:
+            # A seeded draw, kept in file order: the files are sorted by class, so the first N would
+            # hold only the first few classes.
+            drawn = torch.randperm(len(test), generator=torch.Generator().manual_seed(self.split_seed))
+            self.test_set = Subset(test, sorted(drawn[: self.test_subset].tolist()))
+        else:
+            self.test_set = test
 
     def _loader(self, dataset, shuffle: bool, batch_size: int) -> DataLoader:
         return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, num_workers=self.num_workers,

@@ -207,3 +207,16 @@ def test_imagefolder_grayscale(tmp_path):
     dm.setup("fit")
     image, _ = dm.val_set[0]
     assert image.shape == (1, 32, 32)
+
+
+def test_imagefolder_test_subset_draws_from_every_class(tmp_path):
+    # The test files are sorted by class: the first 3 of 3 classes x 2 would be cat, cat, dog.
+    write_imagefolder(tmp_path, classes=("ant", "bee", "cat", "dog", "eel"), per_class_val=4)
+    dm = imagefolder(tmp_path, "data.test_subset=6")
+    dm.setup("test")
+    labels = [dm.test_set.dataset.samples[i][1] for i in dm.test_set.indices]
+    assert len(labels) == 6 and dm.test_set.indices == sorted(dm.test_set.indices)
+    assert len(set(labels)) >= 3  # a seeded draw over the 20 files, not the first 6 (two classes)
+    again = imagefolder(tmp_path, "data.test_subset=6")
+    again.setup("test")
+    assert again.test_set.indices == dm.test_set.indices  # the same draw every time (data.split_seed)
