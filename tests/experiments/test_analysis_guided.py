@@ -12,8 +12,8 @@ import torch
 from omegaconf import OmegaConf
 from torch import nn
 
-from experiments.analysis.common import AnalysisContext
-from experiments.analysis.deconvnet_patches import rectified_layers, unit_projections
+from experiments.analysis.common import AnalysisContext, rectified_layers
+from experiments.analysis.deconvnet_patches import unit_projections
 from experiments.analysis.guided import guided_backprop_maps, guided_gradcam_maps, require_relu_modules
 from experiments.core.errors import UserError
 

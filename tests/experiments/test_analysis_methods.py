@@ -249,3 +249,13 @@ def test_landscapes_of_two_runs_are_overlaid(tmp_path, capsys):
     with pytest.raises(SystemExit) as stop:
         main([str(tmp_path / "nothing-here")])
     assert stop.value.code == 2 and "loss_landscape" in capsys.readouterr().err
+
+
+def test_feature_inversion_inverts_rectified_representations_not_raw_convs():
+    # Mahendran & Vedaldi invert ReLU outputs; in a ResNet that is a whole block (shortcut included),
+    # not the raw output of a conv inside its residual branch.
+    from experiments.analysis.feature_inversion import default_layers
+    from models.resnet import ResNet
+
+    resnet = ResNet(depth=8, form="cifar", num_classes=3, input_size=16, in_channels=1).eval()
+    assert default_layers(resnet, torch.rand(1, 1, 16, 16)) == ["layer1", "layer2", "layer3"]

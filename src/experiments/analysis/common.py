@@ -278,3 +278,35 @@ class AnalysisContext:
         from callbacks.plotting import render
 
         return self.save_image(tag, render(figure), filename)
+
+
+def rectified_layers(model: nn.Module, x: torch.Tensor, count: int = 3) -> list[str]:
+    """``count`` layers spread over the depth, the last the deepest: modules run once, before the classifier,
+    whose output is a non-negative spatial map (of modules returning the very same tensor, the outermost;
+    when fewer than two exist, any module run once with a spatial map), taken from the shallowest nesting
+    level that has ``count`` of them."""
+    calls = executed_modules(model, x, leaves_only=False)
+    head_name, _ = head_layer(model, x)
+    head_at = min((i for i, c in enumerate(calls) if c[0] == head_name), default=len(calls))
+    spatial = [c for c in calls[:head_at] if c[0] and isinstance(c[3], torch.Tensor) and c[3].ndim == 4
+               and min(c[3].shape[-2:]) > 1 and c[4] == 1 and not isinstance(c[1], PASS_THROUGH)
+               and not isinstance(c[1], nn.modules.batchnorm._NormBase)]
+    rectified = [c for c in spatial if float(c[3].min()) >= 0]
+    chosen = rectified if len(rectified) >= min(count, 2) else spatial
+    names: list[str] = []
+    for position, (name, _, _, output, _) in enumerate(chosen):  # the outermost of one tensor: the last call
+        if not any(later[3] is output for later in chosen[position + 1:]):
+            names.append(name)
+    if not names:
+        raise UserError("layers", None, "could not be chosen: no layer of this model outputs a spatial map.",
+                        "Set the analysis's layers=[<module name>, ...] explicitly.")
+    # The shallowest modules that give enough maps: a ResNet's stages, VGG's ReLUs, GoogLeNet's blocks.
+    for depth in range(max(n.count(".") for n in names) + 1):
+        shallow = [n for n in names if n.count(".") <= depth]
+        if len(shallow) >= count:
+            names = shallow
+            break
+    if len(names) <= count:
+        return names
+    picks = sorted({len(names) - 1 - (i * len(names)) // count for i in range(count)})  # even steps back from the deepest
+    return [names[i] for i in picks]

@@ -20,14 +20,12 @@ import torch
 from torch import nn
 
 from experiments.analysis.common import (
-    PASS_THROUGH,
     AnalysisContext,
     Count,
     Logits,
     analysis_mode,
-    executed_modules,
     find_layer,
-    head_layer,
+    rectified_layers,
 )
 from experiments.analysis.figures import image_rows, mosaic
 from experiments.analysis.guided import quiet_captum, require_relu_modules, signed_display
@@ -77,38 +75,6 @@ def unit_projections(model: nn.Module, layer: nn.Module, images: torch.Tensor, c
     with analysis_mode(model), quiet_captum(), torch.enable_grad():
         maps = Deconvolution(unit).attribute(images.detach().clone().requires_grad_(True), target=0)
     return maps.detach()
-
-
-def rectified_layers(model: nn.Module, x: torch.Tensor, count: int = 3) -> list[str]:
-    """``count`` layers spread over the depth, the last the deepest: modules run once, before the classifier,
-    whose output is a non-negative spatial map (of modules returning the very same tensor, the outermost;
-    when fewer than two exist, any module run once with a spatial map), taken from the shallowest nesting
-    level that has ``count`` of them."""
-    calls = executed_modules(model, x, leaves_only=False)
-    head_name, _ = head_layer(model, x)
-    head_at = min((i for i, c in enumerate(calls) if c[0] == head_name), default=len(calls))
-    spatial = [c for c in calls[:head_at] if c[0] and isinstance(c[3], torch.Tensor) and c[3].ndim == 4
-               and min(c[3].shape[-2:]) > 1 and c[4] == 1 and not isinstance(c[1], PASS_THROUGH)
-               and not isinstance(c[1], nn.modules.batchnorm._NormBase)]
-    rectified = [c for c in spatial if float(c[3].min()) >= 0]
-    chosen = rectified if len(rectified) >= min(count, 2) else spatial
-    names: list[str] = []
-    for position, (name, _, _, output, _) in enumerate(chosen):  # the outermost of one tensor: the last call
-        if not any(later[3] is output for later in chosen[position + 1:]):
-            names.append(name)
-    if not names:
-        raise UserError("layers", None, "could not be chosen: no layer of this model outputs a spatial map.",
-                        "Set the analysis's layers=[<module name>, ...] explicitly.")
-    # The shallowest modules that give enough maps: a ResNet's stages, VGG's ReLUs, GoogLeNet's blocks.
-    for depth in range(max(n.count(".") for n in names) + 1):
-        shallow = [n for n in names if n.count(".") <= depth]
-        if len(shallow) >= count:
-            names = shallow
-            break
-    if len(names) <= count:
-        return names
-    picks = sorted({len(names) - 1 - (i * len(names)) // count for i in range(count)})  # even steps back from the deepest
-    return [names[i] for i in picks]
 
 
 def run(ctx: AnalysisContext, layers: Sequence[str] | None = None, num_layers: Count = 3,

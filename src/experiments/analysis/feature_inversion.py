@@ -17,8 +17,8 @@ from experiments.analysis.common import (
     NonNegative,
     Positive,
     analysis_mode,
-    executed_leaves,
     find_layer,
+    rectified_layers,
 )
 from experiments.analysis.figures import image_rows
 from experiments.analysis.image_optimization import optimize_image, total_variation
@@ -53,13 +53,9 @@ def invert(model: nn.Module, layer: nn.Module, image: torch.Tensor, steps: int =
 
 
 def default_layers(model: nn.Module, x: torch.Tensor, count: int = 3) -> list[str]:
-    """``count`` conv layers spread from the first to the last (by execution order)."""
-    convs = [n for n, m, *_ in executed_leaves(model, x) if isinstance(m, nn.Conv2d)]
-    unique = list(dict.fromkeys(convs))
-    if len(unique) <= count:
-        return unique
-    step = (len(unique) - 1) / (count - 1)
-    return [unique[round(i * step)] for i in range(count)]
+    """``count`` representations spread over the depth, as Mahendran & Vedaldi invert them: rectified
+    maps (after BN and ReLU; in a ResNet whole blocks, shortcut included), not a conv's raw output."""
+    return rectified_layers(model, x, count)
 
 
 def run(ctx: AnalysisContext, layers: Sequence[str] | None = None, num_images: Count = 2, split: str = "test",
