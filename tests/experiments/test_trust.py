@@ -84,7 +84,16 @@ def test_resume_refuses_overrides_it_cannot_apply_and_applies_more_epochs(tmp_pa
 def test_non_finite_numbers_are_refused(tmp_path, value):
     result = run_cli("experiments.train", *TINY, f"optimizer.lr={value}", cwd=tmp_path)
     assert_refused(result, ["optimizer.lr=", "finite"])
-    assert not (tmp_path / "outputs" / "train").exists()
+    assert not (tmp_path / "outputs").exists(), "a refused command leaves no folder, not even outputs/"
+
+
+def test_a_refused_command_leaves_an_existing_outputs_folder_as_it_was(tmp_path):
+    outputs = tmp_path / "outputs"
+    outputs.mkdir()
+    os.utime(outputs, ns=(1_600_000_000_000_000_000, 1_600_000_000_000_000_000))
+    result = run_cli("experiments.train", *TINY, "optimizer.lr=-1", cwd=tmp_path)
+    assert_refused(result, ["optimizer.lr=-1"])
+    assert list(outputs.iterdir()) == [] and outputs.stat().st_mtime_ns == 1_600_000_000_000_000_000
 
 
 def test_every_command_makes_a_new_folder(tmp_path):

@@ -99,6 +99,7 @@ def check_output_folders(argv: list[str], default: str = "outputs") -> None:
     given = dict(a.lstrip("+").split("=", 1) for a in argv if "=" in a)
     try:
         check_can_create(Path(given.get("paths.output_root", default)), "paths.output_root")
+        remember_output_root(Path(given.get("paths.output_root", default)))
         for key in FOLDER_KEYS[1:]:
             if key in given and "${" not in given[key]:
                 check_can_create(Path(given[key]), key)
@@ -113,8 +114,9 @@ def check_output_folders(argv: list[str], default: str = "outputs") -> None:
 
 def remove_unused_run_folder(folder: Path, output_root: Path) -> None:
     """Remove the folder Hydra made for this call when nothing of a run went into it, and the folders
-    above it (``train/<date>/``) that it leaves empty, up to ``paths.output_root``: a refused command
-    leaves no litter."""
+    above it that it leaves empty (``train/<date>/``; the output root too when this command made it),
+    then give the first folder that existed before the command its modification time back: a refused
+    command leaves no trace."""
     if not folder.is_dir():
         return
     leftovers = {p.name for p in folder.iterdir()} - {".hydra", "train.log", LOCK_FILE}
@@ -122,10 +124,27 @@ def remove_unused_run_folder(folder: Path, output_root: Path) -> None:
         return
     shutil.rmtree(folder, ignore_errors=True)
     root = output_root.resolve()
+    kept = _EXISTED_BEFORE.get(root)  # (first folder that existed, its atime, its mtime), set by the entry
+    stop = kept[0] if kept else root
     for parent in folder.resolve().parents:
-        if parent == root or root not in parent.parents:
+        if parent == stop or stop not in parent.parents:
             break
         try:
             parent.rmdir()  # only when empty
         except OSError:
             break
+    if kept and kept[0].is_dir():
+        os.utime(kept[0], ns=(kept[1], kept[2]))
+
+
+# paths.output_root (resolved) -> its first existing folder and that folder's times, before Hydra ran.
+_EXISTED_BEFORE: dict[Path, tuple[Path, int, int]] = {}
+
+
+def remember_output_root(root: Path) -> None:
+    """Note, before Hydra makes anything, which part of ``root`` exists and when it was last changed."""
+    existing = Path(os.path.abspath(root))
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    stats = existing.stat()
+    _EXISTED_BEFORE[Path(os.path.abspath(root)).resolve()] = (existing.resolve(), stats.st_atime_ns, stats.st_mtime_ns)
