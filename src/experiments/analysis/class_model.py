@@ -13,23 +13,17 @@ from torch import nn
 
 from experiments.analysis.common import AnalysisContext, Count, Logits, NonNegative, Positive, analysis_mode
 from experiments.analysis.figures import image_rows
-from experiments.analysis.image_optimization import optimize_image, total_variation
+from experiments.analysis.image_optimization import maximize, start_image
 from experiments.core.errors import UserError
 
 
 def class_model(model: nn.Module, shape: tuple[int, int, int], target: int, steps: Count = 200, lr: Positive = 0.1,
                 l2: NonNegative = 1e-3, tv: NonNegative = 0.0, start: str = "blank", seed: int = 0) -> tuple[torch.Tensor, list[float]]:
     """(image in model-input space, per-step objective S_c - penalties) for class ``target``."""
-    generator = torch.Generator().manual_seed(seed)
-    initial = torch.zeros(1, *shape) if start == "blank" else 0.1 * torch.randn(1, *shape, generator=generator)
     wrapped = Logits(model)
-
-    def loss(x: torch.Tensor) -> torch.Tensor:
-        return -(wrapped(x)[0, target] - l2 * (x ** 2).sum() - tv * total_variation(x))
-
     with analysis_mode(model):
-        image, curve = optimize_image(loss, initial, steps, lr)
-    return image[0], [-v for v in curve]
+        image, curve = maximize(lambda x: wrapped(x)[0, target], start_image(shape, start, seed), steps, lr, l2, tv)
+    return image[0], curve
 
 
 def run(ctx: AnalysisContext, classes: Sequence[int] | None = None, steps: Count = 200, lr: Positive = 0.1,
