@@ -137,6 +137,13 @@ def build_module(cfg: DictConfig, network=None):
         scheduler=scheduler if scheduler is not None and scheduler.get("_target_") else None,
         label_smoothing=module_cfg.get("label_smoothing", 0.0),
         aux_loss_weights=module_cfg.get("aux_loss_weights", (0.3, 0.3)),
+        adversarial=module_cfg.get("adversarial"),
+        adversarial_epsilon=module_cfg.get("adversarial_epsilon", 0.1),
+        adversarial_steps=module_cfg.get("adversarial_steps", 7),
+        adversarial_weight=module_cfg.get("adversarial_weight", 0.5),
+        # (the attack's epsilon is in pixel units; the batches it perturbs are normalised with these)
+        data_mean=list(cfg.data.get("mean") or [0.0])[: int(cfg.data.in_channels)],
+        data_std=list(cfg.data.get("std") or [1.0])[: int(cfg.data.in_channels)],
         channels_last=bool(cfg.model.get("channels_last", False)),
         lr_scales=network.lr_scales,
         # (not for a compiled model: the summary's forward would compile it for a shape training never uses)

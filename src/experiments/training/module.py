@@ -1,7 +1,8 @@
 """ClassificationModule: the one LightningModule that trains every model in the zoo.
 
 Cross-entropy (optional label smoothing), auxiliary-classifier losses during training only, top-1/top-5
-accuracy from torchmetrics, and errors in percent as the papers report them. Metrics are logged as
+accuracy from torchmetrics, and errors in percent as the papers report them. Optional adversarial training
+(``module.adversarial=fgsm|pgd``; the attack is in :mod:`experiments.training.adversarial`). Metrics are logged as
 tensors and reduced by Lightning at epoch end, so logging never forces a device sync per step.
 """
 
@@ -17,6 +18,7 @@ from omegaconf import DictConfig
 from torch import nn
 from torchmetrics.classification import MulticlassAccuracy
 
+from experiments.training.adversarial import ATTACKS, InputBounds, attack
 from experiments.training.optim import build_optimizer, build_scheduler
 
 _NORM_WITH_STATS = (nn.modules.batchnorm._NormBase,)  # BatchNorm, InstanceNorm, SyncBatchNorm
@@ -34,6 +36,12 @@ class ClassificationModule(pl.LightningModule):
         channels_last: bool = False,
         lr_scales: Mapping[str, float] | None = None,
         example_input_shape: Sequence[int] | None = None,
+        adversarial: str | None = None,
+        adversarial_epsilon: float = 0.1,
+        adversarial_steps: int = 7,
+        adversarial_weight: float = 0.5,
+        data_mean: Sequence[float] | None = None,
+        data_std: Sequence[float] | None = None,
     ) -> None:
         super().__init__()
         self.model = model
@@ -56,6 +64,16 @@ class ClassificationModule(pl.LightningModule):
         self.best_val_err = math.inf
         self.channels_last = channels_last
         self._train_sums: torch.Tensor | None = None
+        # Adversarial training (experiments.training.adversarial): loss = (1 - w) clean + w adversarial.
+        if adversarial is not None and adversarial not in ATTACKS:
+            raise ValueError(f"module.adversarial={adversarial!r}: use one of {', '.join(ATTACKS)} or null")
+        self.adversarial = adversarial
+        self.adversarial_epsilon = float(adversarial_epsilon)
+        self.adversarial_steps = int(adversarial_steps)
+        self.adversarial_weight = float(adversarial_weight)
+        self.input_bounds = (InputBounds(data_mean if data_mean is not None else [0.0],
+                                         data_std if data_std is not None else [1.0])
+                             if adversarial is not None else None)
 
     def _layout(self, images: torch.Tensor) -> torch.Tensor:
         """NHWC inputs for a channels_last model, so its convolutions need no layout conversion.
@@ -97,7 +115,10 @@ class ClassificationModule(pl.LightningModule):
 
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
         images, targets = batch
-        loss, logits = self.loss(self.model(self._layout(images)), targets)
+        if self.adversarial is not None and self.adversarial_weight > 0:
+            loss, logits = self._adversarial_loss(images, targets)
+        else:
+            loss, logits = self.loss(self.model(self._layout(images)), targets)
         # Epoch sums stay on the device (no sync, no self.log per step: each call costs ~0.2 ms,
         # a visible share of a small model's step); they are logged once, on the epoch's last batch.
         n = len(targets)
@@ -109,6 +130,19 @@ class ClassificationModule(pl.LightningModule):
         if self.trainer.fit_loop.epoch_loop.batch_progress.is_last_batch:
             self._log_train_epoch()
         return loss
+
+    def _adversarial_loss(self, images: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(1 - w) clean loss + w loss on the attacked batch (Goodfellow et al.'s mix; w = 1 is Madry et al.'s,
+        with no clean pass). The logits returned (train/err) are the clean ones, or the adversarial ones at w = 1."""
+        steps = self.adversarial_steps if self.adversarial == "pgd" else 0
+        adversarial = attack(self.model, images, targets, self.adversarial, self.adversarial_epsilon,
+                             self.input_bounds, steps=max(1, steps), layout=self._layout)
+        w = self.adversarial_weight
+        if w >= 1:
+            return self.loss(self.model(self._layout(adversarial)), targets)
+        clean_loss, logits = self.loss(self.model(self._layout(images)), targets)
+        adv_loss, _ = self.loss(self.model(self._layout(adversarial)), targets)
+        return (1 - w) * clean_loss + w * adv_loss, logits
 
     def _log_train_epoch(self) -> None:
         """Epoch mean loss and error rate (exact: sums over samples, reduced over processes)."""
