@@ -10,7 +10,7 @@ from tests.conftest import TINY, assert_refused, run_cli, tree_hashes
 
 ALL_BUT_CAM = ["saliency", "occlusion", "gradcam", "gradcampp", "max_activating", "tsne", "class_model", "fgsm",
                "pgd", "feature_inversion", "loss_landscape", "guided_backprop", "deconvnet", "guided_gradcam",
-               "deconvnet_patches", "lesion"]
+               "deconvnet_patches", "lesion", "unit_images"]
 SMALL = ["analysis.saliency.num_images=4", "analysis.saliency.smoothgrad_samples=3", "analysis.occlusion.num_images=3",
          "analysis.gradcam.num_images=3", "analysis.gradcampp.num_images=3", "analysis.cam.num_images=3",
          "analysis.max_activating.num_images=96", "analysis.max_activating.num_channels=3",
@@ -23,7 +23,8 @@ SMALL = ["analysis.saliency.num_images=4", "analysis.saliency.smoothgrad_samples
          "analysis.deconvnet.num_images=2", "analysis.guided_gradcam.num_images=2",
          "analysis.deconvnet_patches.num_images=64", "analysis.deconvnet_patches.num_channels=2",
          "analysis.deconvnet_patches.top_k=4", "analysis.lesion.num_images=64", "analysis.lesion.max_deleted=2",
-         "analysis.lesion.draws=2"]
+         "analysis.lesion.draws=2", "analysis.unit_images.steps=3", "analysis.unit_images.num_channels=2",
+         "analysis.unit_images.num_images=16"]
 
 
 def _train(workdir: Path, *extra: str) -> Path:
@@ -64,6 +65,8 @@ def test_every_analysis_writes_its_pictures_and_figures(resnet_run):
     assert all(len(c["top"]) == 4 for c in figures["max_activating"]["channels"])
     assert len(figures["loss_landscape"]["loss_1d"]) == 5 and len(figures["loss_landscape"]["loss_2d"]) == 3
     assert [c["class"] for c in figures["class_model"]["classes"]] == ["0", "1"]
+    units = figures["unit_images"]["layers"]
+    assert [u["layer"] for u in units] == ["layer1", "layer2", "layer3"] and all(len(u["units"]) == 2 for u in units)
     # the pictures also went to the run's own TensorBoard, in new event files next to the training ones
     assert set((resnet_run / "tensorboard").glob("events.*")) - events_before
     assert "analysis folder:" in result.stdout
