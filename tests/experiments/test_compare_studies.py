@@ -22,6 +22,7 @@ STUDIES = {  # study: (grid size, grouping keys)
     "cardinality": (5, ["model"]),
     "googlenet_aux": (2, ["model.aux_logits"]),
     "optimizers": (4, ["study.variant"]),
+    "adversarial_training": (2, ["module.adversarial"]),
     "regularization": (8, ["model.dropout", "data.augment.crop_padding", "optimizer.weight_decay"]),
 }
 
