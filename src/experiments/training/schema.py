@@ -81,6 +81,9 @@ DECLARED: dict[str, Any] = {
     "data.augment.hflip": bool,
     "data.augment.color_jitter": float,
     "data.augment.scale": list[int],
+    # a callback or logger set to null is switched off (each entry is otherwise a target node)
+    "callbacks.*": None.__class__,
+    "logger.*": None.__class__,
     # conf/analyze.yaml's own keys (experiments.analyze)
     "ckpt": str,
     "dashboards": bool,
@@ -114,6 +117,8 @@ def _fix(key: str, hint: Any) -> str:
 def describe(hint: Any) -> str:
     """A type hint in words a user reads: ``int``, ``list of float``, ``one of epoch, step``, ..."""
     origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if hint is type(None):
+        return "null (or a callback/logger node with _target_)"
     if origin is typing.Annotated:
         bounds = [f"{text} {getattr(b, name)}" for b in args[1:] for name, text in
                   (("ge", ">="), ("gt", ">"), ("le", "<="), ("lt", "<")) if getattr(b, name, None) is not None]
