@@ -13,7 +13,7 @@ from tests.conftest import CONF, TESTS, TINY, assert_refused, run_cli, tree_hash
 from experiments.core.errors import UserError
 from experiments.training import schema
 
-GROUPS = ("model", "data", "optimizer", "scheduler", "trainer", "logger", "callbacks", "debug", "finetune",
+GROUPS = ("model", "data", "optimizer", "scheduler", "trainer", "logger", "callbacks", "early_stopping", "debug", "finetune",
           "experiment", "hparams_search")
 OPTIONS = [(group, path.stem) for group in GROUPS for path in sorted((CONF / group).glob("*.yaml"))
            if not path.stem.startswith("_")]

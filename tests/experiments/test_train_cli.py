@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from tests.conftest import TINY, run_cli
+from tests.conftest import TINY, run_cli, run_folders
 
 
 def _only_run(outputs: Path) -> Path:
@@ -111,3 +111,12 @@ def test_every_logger_writes_its_files_offline(tmp_path):
     offline = list((run / "wandb").glob("offline-run-*/run-*.wandb"))
     assert len(offline) == 1 and offline[0].stat().st_size > 0
     assert (run / "metrics.csv").is_file()
+
+
+def test_early_stopping_stops_a_run_that_stalls(tmp_path):
+    # lr 1e-9: the validation error never improves, so with patience 1 the run stops after 2 epochs of 10.
+    run_cli("experiments.train", *TINY, "trainer.max_epochs=10", "optimizer.lr=1e-9", "scheduler=none",
+            "early_stopping=val_err", "callbacks.early_stopping.patience=1", cwd=tmp_path, check=True)
+    (run,) = run_folders(tmp_path / "outputs")
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["status"] == "finished" and summary["epochs"] == 2, summary["epochs"]
