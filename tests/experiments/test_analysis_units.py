@@ -198,3 +198,11 @@ def test_bad_layers_and_channels_are_one_paragraph(tmp_path, override, words):
 def test_the_schema_checks_the_settings_before_the_run(override):
     with pytest.raises(UserError, match=r"analysis\.unit_images"):
         _settings(override)
+
+
+def test_a_unit_silent_at_the_start_gets_a_new_noise_start():
+    model = EdgeNet()
+    with torch.no_grad():
+        model.conv.bias[1] = -0.6  # channel 1 needs a strong input before it responds at all
+    _, before, after = unit_image(model, model.relu, 1, SHAPE, "neuron", steps=30, lr=0.05, start="noise")
+    assert before > 0 and after > before

@@ -34,6 +34,7 @@ from experiments.analysis.image_optimization import maximize, start_image
 from experiments.core.errors import UserError
 
 Unit = Literal["channel", "neuron"]
+REDRAWS = 8
 
 
 def unit_value(maps: torch.Tensor, channel: int, unit: Unit) -> torch.Tensor:
@@ -47,15 +48,24 @@ def unit_image(model: nn.Module, layer: nn.Module, channel: int, shape: tuple[in
                steps: int = 100, lr: float = 0.05, l2: float = 1e-3, tv: float = 0.0, jitter: int = 0,
                blur_every: int = 0, blur_sigma: float = 0.0, start: str = "noise", seed: int = 0
                ) -> tuple[torch.Tensor, float, float]:
-    """(image in model-input space, the unit's activation at the start image, at the result)."""
-    initial = start_image(shape, start, seed)
+    """(image in model-input space, the unit's activation at the start image, at the result).
 
+    A rectified unit silent at a noise start has no gradient: the noise is drawn again, with seeds
+    ``seed + 1, ...`` and a doubled spread each time (up to :data:`REDRAWS` times), until the unit responds."""
     def activation(x: torch.Tensor) -> torch.Tensor:
         return unit_value(code_at(model, layer, x), channel, unit)[0]
 
     with analysis_mode(model):
         with torch.no_grad():
+            initial = start_image(shape, start, seed)
             before = float(activation(initial))
+            for redraw in range(1, REDRAWS + 1 if start == "noise" else 1):
+                if before > 0:
+                    break
+                candidate = start_image(shape, start, seed + redraw) * 2 ** min(redraw, 4)
+                value = float(activation(candidate))
+                if value > before:
+                    initial, before = candidate, value
         image, _ = maximize(activation, initial, steps, lr, l2, tv, jitter, blur_every, blur_sigma, seed)
         with torch.no_grad():
             after = float(activation(image))
