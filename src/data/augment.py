@@ -8,6 +8,7 @@ an image, more than LeNet-5's whole training step on CPU.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
@@ -27,7 +28,13 @@ class BatchPipeline:
         crop_padding: int = 0,
         hflip: bool = False,
         color_jitter: float = 0.0,
+        rotation: float = 0.0,
+        translate: float = 0.0,
+        color_cast: float = 0.0,
     ) -> None:
+        """``rotation`` (degrees) and ``translate`` (fraction of the side): a random small affine map per
+        image; ``color_cast``: a random offset per image and channel in [-c, c] (on the [0, 1] scale),
+        Krizhevsky et al.'s colour shift in its simplest form. All batched on the batch's device."""
         if resize_mode not in ("resize", "pad"):
             raise DataConfigError("resize_mode", resize_mode, "must be 'resize' or 'pad'.",
                                   "Use 'pad' to centre small images in a larger field (LeNet on MNIST).")
@@ -40,10 +47,17 @@ class BatchPipeline:
         if not isinstance(color_jitter, (int, float)) or not 0 <= color_jitter < 1:
             raise DataConfigError("augment.color_jitter", color_jitter, "must be in [0, 1).",
                                   "Use e.g. 0.4 (brightness/contrast/saturation factors in [0.6, 1.4]).")
+        for key, value, high, example in (("rotation", rotation, 180, "10 (degrees)"),
+                                          ("translate", translate, 0.5, "0.1 (a tenth of the side)"),
+                                          ("color_cast", color_cast, 1, "0.1")):
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < high:
+                raise DataConfigError(f"augment.{key}", value, f"must be in [0, {high}).", f"Use e.g. {example}, or 0 "
+                                      "to turn it off.")
         self.mean = torch.tensor(list(mean), dtype=torch.float32).view(1, -1, 1, 1)
         self.std = torch.tensor(list(std), dtype=torch.float32).view(1, -1, 1, 1)
         self.image_size, self.native_size, self.resize_mode = image_size, native_size, resize_mode
         self.crop_padding, self.hflip, self.color_jitter = crop_padding, bool(hflip), float(color_jitter)
+        self.rotation, self.translate, self.color_cast = float(rotation), float(translate), float(color_cast)
 
     def __call__(self, images: torch.Tensor, train: bool) -> torch.Tensor:
         x = images.float().div_(255) if images.dtype == torch.uint8 else images.float()
@@ -53,8 +67,12 @@ class BatchPipeline:
                 x = random_crop(x, self.crop_padding, fill=self.mean.to(x.device))
             if self.hflip:
                 x = random_hflip(x)
+            if self.rotation or self.translate:
+                x = random_affine(x, self.rotation, self.translate, fill=self.mean.to(x.device))
             if self.color_jitter:
                 x = random_color_jitter(x, self.color_jitter)
+            if self.color_cast:
+                x = random_color_cast(x, self.color_cast)
         mean, std = self.mean.to(x.device), self.std.to(x.device)
         return (x - mean) / std
 
@@ -87,6 +105,33 @@ def random_crop(x: torch.Tensor, padding: int, fill: torch.Tensor | None = None)
     cols = (dx + torch.arange(w, device=x.device)).view(n, 1, 1, w).expand(n, x.shape[1], h, w)
     out = cropped.gather(3, cols)
     return out + fill if fill is not None else out
+
+
+def random_affine(x: torch.Tensor, degrees: float, translate: float, fill: torch.Tensor | None = None) -> torch.Tensor:
+    """Rotate each image by its own angle in [-degrees, degrees] and shift it by up to ``translate`` of
+    its side; uncovered pixels are ``fill`` (the mean)."""
+    n = x.shape[0]
+    angle = (torch.rand(n, device=x.device) * 2 - 1) * math.radians(degrees)
+    shift = (torch.rand(n, 2, device=x.device) * 2 - 1) * translate
+    return affine(x, angle, shift, fill)
+
+
+def affine(x: torch.Tensor, angle: torch.Tensor, shift: torch.Tensor, fill: torch.Tensor | None = None) -> torch.Tensor:
+    """Each image rotated by ``angle[i]`` (radians, about its centre) and shifted by ``shift[i]`` (x, y as
+    fractions of the side), bilinear, in one ``grid_sample`` for the batch; uncovered pixels are ``fill``."""
+    cos, sin = torch.cos(angle), torch.sin(angle)
+    offset = -2 * shift  # the grid maps output to input positions, in units of half the side
+    theta = torch.stack([torch.stack([cos, -sin, offset[:, 0]], 1), torch.stack([sin, cos, offset[:, 1]], 1)], 1)
+    grid = F.affine_grid(theta.to(x.dtype), list(x.shape), align_corners=False)
+    centred = x - fill if fill is not None else x
+    out = F.grid_sample(centred, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+    return out + fill if fill is not None else out
+
+
+def random_color_cast(x: torch.Tensor, strength: float) -> torch.Tensor:
+    """Add one random offset per image and channel, uniform in [-strength, strength], then clip to [0, 1]."""
+    offset = (torch.rand(x.shape[0], x.shape[1], 1, 1, device=x.device) * 2 - 1) * strength
+    return (x + offset).clamp_(0, 1)
 
 
 def random_hflip(x: torch.Tensor) -> torch.Tensor:

@@ -194,10 +194,10 @@ class InMemoryDataModule(pl.LightningDataModule):
         self.subset, self.test_subset, self.device_resident = subset, test_subset, bool(device_resident)
         self.mean, self.std = list(mean), list(std)
         augment = dict(augment or {})
-        unknown = set(augment) - {"crop_padding", "hflip", "color_jitter"}
+        keys = ("crop_padding", "hflip", "color_jitter", "rotation", "translate", "color_cast")
+        unknown = set(augment) - set(keys)
         if unknown:
-            raise DataConfigError("augment", sorted(unknown), "has unknown keys.",
-                                  "Valid keys are crop_padding, hflip and color_jitter.")
+            raise DataConfigError("augment", sorted(unknown), "has unknown keys.", f"Valid keys are {', '.join(keys)}.")
         self.pipeline = BatchPipeline(self.mean, self.std, self.image_size, self.native_size, resize_mode,
                                       **augment)
         self.train_set: TensorBatches | None = None

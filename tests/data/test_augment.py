@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from types import SimpleNamespace
 
 import pytest
@@ -139,3 +140,34 @@ def test_padding_of_random_crops_is_the_mean_so_zero_after_normalisation():
     padded = out != out.new_tensor([1.5, 0.5]).view(1, 2, 1, 1)
     assert padded.any(), "with padding 4 on a 4x4 image most crops hold padding"
     assert torch.equal(out[padded], torch.zeros_like(out[padded]))
+
+
+def test_affine_by_a_quarter_turn_is_rot90_and_a_shift_moves_pixels():
+    from data.augment import affine
+
+    x = torch.rand(3, 2, 6, 6)
+    turned = affine(x, torch.full((3,), math.pi / 2), torch.zeros(3, 2))
+    assert any(torch.allclose(turned, torch.rot90(x, k, dims=(2, 3)), atol=1e-5) for k in (1, -1))
+    # Half a side to the right: the left half is uncovered (the fill), the right half is the old left half.
+    fill = torch.tensor([0.25, 0.75]).view(1, 2, 1, 1)
+    moved = affine(x, torch.zeros(3), torch.tensor([[0.5, 0.0]] * 3), fill)
+    assert torch.allclose(moved[..., 3:], x[..., :3], atol=1e-5)
+    assert torch.allclose(moved[..., :3], fill.expand(3, 2, 6, 3), atol=1e-5)
+
+
+def test_rotation_and_color_cast_are_drawn_per_image():
+    from data.augment import random_affine, random_color_cast
+
+    x = torch.rand(1, 3, 8, 8).expand(64, 3, 8, 8).contiguous()  # 64 copies of one image
+    rotated = random_affine(x, degrees=30, translate=0.0)
+    assert len({tuple(img.flatten()[:5].tolist()) for img in rotated.round(decimals=4)}) > 50
+    cast = random_color_cast(torch.full((64, 3, 4, 4), 0.5), strength=0.1)
+    offsets = cast - 0.5
+    assert torch.allclose(offsets, offsets[..., :1, :1].expand_as(offsets))  # one offset per image and channel
+    assert float(offsets.abs().max()) <= 0.1 + 1e-6 and len(set(offsets[:, 0, 0, 0].tolist())) > 50
+
+
+def test_geometric_and_colour_settings_are_checked():
+    for key, value in (("rotation", -1), ("translate", 0.5), ("color_cast", 1.0)):
+        with pytest.raises(DataConfigError, match=f"augment.{key}"):
+            BatchPipeline(mean=[0.5], std=[0.5], image_size=8, native_size=8, **{key: value})

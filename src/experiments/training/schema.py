@@ -81,6 +81,9 @@ DECLARED: dict[str, Any] = {
     "data.augment.hflip": bool,
     "data.augment.color_jitter": float,
     "data.augment.scale": list[int],
+    "data.augment.rotation": float,
+    "data.augment.translate": float,
+    "data.augment.color_cast": float,
     # a callback or logger set to null is switched off (each entry is otherwise a target node)
     "callbacks.*": None.__class__,
     "logger.*": None.__class__,
