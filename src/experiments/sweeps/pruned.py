@@ -13,6 +13,7 @@ Free of torch and Lightning: ``experiments.train`` imports it through the trial 
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -54,3 +55,12 @@ def mark_summary(run_dir: Path, record: dict[str, Any]) -> None:
     summary["status"] = STATUS
     summary["pruned"] = {k: v for k, v in record.items() if k != "status"}
     write_json_atomic(folder.summary_file, summary)
+
+
+def finite_or_none(value: Any) -> float | None:
+    """``value`` as a finite float, or None (a missing, non-numeric or non-finite metric)."""
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    return number if math.isfinite(number) else None

@@ -18,7 +18,6 @@ environment (:mod:`experiments.sweeps.trial_link`); without that environment (a 
 from __future__ import annotations
 
 import logging
-import math
 from pathlib import Path
 from typing import Any
 
@@ -56,7 +55,7 @@ class PruneTrial(pl.Callback):
 
     def _report(self, trainer: pl.Trainer, epoch: int) -> dict[str, Any] | None:
         """Report this epoch's value; the pruning record when the pruner stops the trial, else None."""
-        value = _finite(trainer.callback_metrics.get(self.metric))
+        value = pruned.finite_or_none(trainer.callback_metrics.get(self.metric))
         if value is None:
             return None
         trial = self._open()
@@ -97,9 +96,3 @@ def _configured_pruner() -> Any:
     return instantiate(node) if node is not None else None
 
 
-def _finite(value: Any) -> float | None:
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        return None
-    return number if math.isfinite(number) else None

@@ -161,24 +161,18 @@ def _read_trial(run_dir: Path, info: SweepInfo) -> Trial:
     if status == "running" and not failure:
         status = "running/interrupted"
     metrics = summary.get("metrics") or {}
-    objective = _finite(metrics.get(info.metric)) if status == "finished" else None
+    objective = pruned.finite_or_none(metrics.get(info.metric)) if status == "finished" else None
     reason = f"{failure.get('kind')}: {failure.get('reason')}" if failure else ("; ".join(damaged) or None)
     record = (summary.get("pruned") or pruned.read_record(run_dir) or {}) if status == pruned.STATUS else {}
     if record and not reason:
         reason = pruned.describe(record)
     return Trial(number=number, run_dir=run_dir, status=status, params=params, overrides=overrides,
-                 objective=objective, best_val_err=_finite(summary.get("best_val_err")),
+                 objective=objective, best_val_err=pruned.finite_or_none(summary.get("best_val_err")),
                  epochs=summary.get("epochs"),
                  wall_time_s=(summary or failure or {}).get("wall_time_s"), reason=reason,
-                 pruned_value=_finite(record.get("value")))
+                 pruned_value=pruned.finite_or_none(record.get("value")))
 
 
-def _finite(value: Any) -> float | None:
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        return None
-    return number if math.isfinite(number) else None
 
 
 def _number_or_text(value: str | None) -> Any:
