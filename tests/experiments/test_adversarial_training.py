@@ -104,6 +104,18 @@ def test_pgd_stays_in_the_ball_and_the_valid_range_and_is_stronger_than_the_star
     torch.testing.assert_close(attack(model, x, y, "pgd", eps, InputBounds(MEAN, STD), steps=7), adv)  # seeded
 
 
+def test_a_pgd_training_step_trains_on_the_seeded_pgd_batch():
+    model = Linear()
+    x, y, _, _ = _batch()
+    module = _module(model, adversarial="pgd", adversarial_epsilon=0.05, adversarial_steps=4, adversarial_weight=1.0)
+    torch.manual_seed(5)
+    loss, logits = module._adversarial_loss(x, y)
+    torch.manual_seed(5)
+    adv = attack(model, x, y, "pgd", 0.05, InputBounds(MEAN, STD), steps=4)
+    torch.testing.assert_close(loss, F.cross_entropy(model(adv), y))
+    torch.testing.assert_close(logits, model(adv))  # Madry's w = 1: no clean pass, train/err is adversarial
+
+
 @pytest.mark.parametrize("method", ["fgsm", "pgd"])
 def test_the_attack_leaves_bn_running_stats_and_weight_grads_untouched(method):
     torch.manual_seed(0)
