@@ -9,7 +9,7 @@ so tests can call them on hand-built models.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -310,3 +310,17 @@ def rectified_layers(model: nn.Module, x: torch.Tensor, count: int = 3) -> list[
         return names
     picks = sorted({len(names) - 1 - (i * len(names)) // count for i in range(count)})  # even steps back from the deepest
     return [names[i] for i in picks]
+
+
+def choose_channels(activity: torch.Tensor, channels: Sequence[int] | None, num_channels: int, key: str,
+                    layer: str, hint: str = "") -> list[int]:
+    """The channels to show: the ``num_channels`` most active (``activity``: one number per channel; a
+    dead channel has nothing to show), or the given ``channels``, checked against the layer's count."""
+    count = int(activity.shape[0])
+    if channels is None:
+        return activity.argsort(descending=True)[:num_channels].tolist()
+    chosen = [int(c) for c in channels]
+    bad = [c for c in chosen if not 0 <= c < count]
+    if bad:
+        raise UserError(key, bad, f"are not channels of {layer} (it has {count}).", f"Use indices 0..{count - 1}{hint}.")
+    return chosen

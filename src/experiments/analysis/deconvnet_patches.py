@@ -24,13 +24,13 @@ from experiments.analysis.common import (
     Count,
     Logits,
     analysis_mode,
+    choose_channels,
     find_layer,
     rectified_layers,
 )
 from experiments.analysis.figures import image_rows, mosaic
 from experiments.analysis.guided import quiet_captum, require_relu_modules, signed_display
 from experiments.analysis.max_activating import channel_maxima, receptive_field
-from experiments.core.errors import UserError
 
 
 class _Stop(Exception):
@@ -94,14 +94,8 @@ def run(ctx: AnalysisContext, layers: Sequence[str] | None = None, num_layers: C
         module = find_layer(model, name, f"analysis.{ctx.name}.layers")
         maxima, positions = channel_maxima(model, module, images)
         count = maxima.shape[1]
-        if channels is None:
-            chosen = maxima.mean(0).argsort(descending=True)[:num_channels].tolist()
-        else:
-            chosen = [int(c) for c in channels]
-            bad = [c for c in chosen if not 0 <= c < count]
-            if bad:
-                raise UserError(f"analysis.{ctx.name}.channels", bad, f"are not channels of {name} (it has {count}).",
-                                f"Use indices 0..{count - 1} (they apply to every layer), or channels=null.")
+        chosen = choose_channels(maxima.mean(0), channels, num_channels, f"analysis.{ctx.name}.channels", name,
+                                 " (they apply to every layer), or channels=null")
         boxes: dict[int, tuple[int, int, int, int]] = {}  # by position: the same for every channel
         row, titles, entries_of_layer = [], [], []
         for channel in chosen:

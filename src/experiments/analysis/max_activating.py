@@ -21,6 +21,7 @@ from experiments.analysis.common import (
     Count,
     Logits,
     analysis_mode,
+    choose_channels,
     collect_in_batches,
     feature_layer,
     find_layer,
@@ -93,14 +94,7 @@ def run(ctx: AnalysisContext, layer: str | None = None, channels: Sequence[int] 
     module = find_layer(model, layer, f"analysis.{ctx.name}.layer")
     maxima, positions = channel_maxima(model, module, images)
     count = maxima.shape[1]
-    if channels is None:  # the most active channels (a dead one has nothing to show)
-        chosen = maxima.mean(0).argsort(descending=True)[:num_channels].tolist()
-    else:
-        chosen = [int(c) for c in channels]
-        bad = [c for c in chosen if not 0 <= c < count]
-        if bad:
-            raise UserError(f"analysis.{ctx.name}.channels", bad, f"are not channels of {layer} (it has {count}).",
-                            f"Use indices 0..{count - 1}.")
+    chosen = choose_channels(maxima.mean(0), channels, num_channels, f"analysis.{ctx.name}.channels", layer)
     k = min(top_k, len(images))
     shape = tuple(images.shape[1:])
     rows, boxes_rows, records = [], [], []

@@ -25,6 +25,7 @@ from experiments.analysis.common import (
     NonNegativeInt,
     Positive,
     analysis_mode,
+    choose_channels,
     collect_in_batches,
     rectified_layers,
 )
@@ -96,14 +97,8 @@ def run(ctx: AnalysisContext, layers: Sequence[str] | None = None, num_layers: C
     for name, module in zip(names, modules):
         means = _channel_means(model, module, images, unit)
         count = len(means)
-        if channels is None:
-            chosen = means.argsort(descending=True)[:num_channels].tolist()
-        else:
-            chosen = [int(c) for c in channels]
-            bad = [c for c in chosen if not 0 <= c < count]
-            if bad:
-                raise UserError(f"analysis.{ctx.name}.channels", bad, f"are not channels of {name} (it has {count}).",
-                                f"Use indices 0..{count - 1} (they apply to every layer), or channels=null.")
+        chosen = choose_channels(means, channels, num_channels, f"analysis.{ctx.name}.channels", name,
+                                 " (they apply to every layer), or channels=null")
         pictures, units = [], []
         for channel in chosen:
             image, before, after = unit_image(model, module, channel, shape, unit, steps, lr, l2, tv, jitter,
