@@ -5,11 +5,11 @@ run through its config."""
 from __future__ import annotations
 
 import json
-from types import SimpleNamespace
 
 import pytest
 import torch
 from omegaconf import OmegaConf
+from tests.analysis_stub import FakeRun
 from torch import nn
 
 from experiments.analysis.common import AnalysisContext, rectified_layers
@@ -154,24 +154,6 @@ def test_zoo_resnets_pass_the_relu_check_and_inception_v3_and_mobilenet_v2_are_r
     inception = InceptionV3(num_classes=3, input_size=75, aux_logits=False, init="kaiming")  # torchvision's F.relu
     with pytest.raises(UserError, match=r"InceptionV3 applies relu in Conv2d_1a_3x3 \(BasicConv2d\)"):
         require_relu_modules(inception, _images(1, (3, 75, 75)), "guided_gradcam")
-
-
-class FakeRun:
-    """What AnalysisContext reads of a trained run, around a hand-built model and fixed images."""
-
-    def __init__(self, model: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> None:
-        self.model, self.images, self.labels = model, images, labels
-        self.cfg = OmegaConf.create({"data": {"mean": [0.5], "std": [0.25]}})
-        self.datamodule = SimpleNamespace(test_set=True, val_set=None, test_dataloader=None)
-
-    def class_names(self) -> list[str]:
-        return ["a", "b", "c"]
-
-    def prepare_split(self, split: str) -> None:
-        pass
-
-    def test_images(self, limit: int | None = None, split: str = "test"):
-        return self.images[:limit], (self.images[:limit] * 0.25 + 0.5).clamp(0, 1), self.labels[:limit]
 
 
 @pytest.mark.parametrize("name", ["guided_backprop", "deconvnet", "guided_gradcam", "deconvnet_patches"])

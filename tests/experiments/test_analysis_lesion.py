@@ -4,11 +4,11 @@ its plain twin, and run through its config."""
 from __future__ import annotations
 
 import json
-from types import SimpleNamespace
 
 import pytest
 import torch
 from omegaconf import OmegaConf
+from tests.analysis_stub import FakeRun
 from torch import nn
 
 from experiments.analysis.common import AnalysisContext
@@ -105,22 +105,6 @@ def test_a_network_without_resnet_blocks_is_refused():
     model = nn.Sequential(nn.Conv2d(1, 2, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(2, 2))
     with pytest.raises(UserError, match="ResNet"):
         lesion_study(model, _images(2, (1, 8, 8)), torch.tensor([0, 1]))
-
-
-class FakeRun:
-    def __init__(self, model: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> None:
-        self.model, self.images, self.labels = model, images, labels
-        self.cfg = OmegaConf.create({"data": {"mean": [0.5], "std": [0.25]}})
-        self.datamodule = SimpleNamespace(test_set=True, test_dataloader=None)
-
-    def class_names(self) -> list[str]:
-        return ["a", "b", "c"]
-
-    def prepare_split(self, split: str) -> None:
-        pass
-
-    def test_images(self, limit: int | None = None, split: str = "test"):
-        return self.images[:limit], (self.images[:limit] * 0.25 + 0.5).clamp(0, 1), self.labels[:limit]
 
 
 def test_lesion_runs_from_its_config_and_draws_its_figure(tmp_path):

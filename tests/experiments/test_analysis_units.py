@@ -5,11 +5,11 @@ should, the model is handed back untouched, and the analysis runs from its confi
 from __future__ import annotations
 
 import json
-from types import SimpleNamespace
 
 import pytest
 import torch
 from omegaconf import OmegaConf
+from tests.analysis_stub import FakeRun
 from torch import nn
 
 from experiments.analysis.common import AnalysisContext
@@ -126,23 +126,6 @@ def test_the_model_is_handed_back_untouched():
     assert all(p.grad is None for p in model.parameters())
     for key, value in model.state_dict().items():  # BN statistics included
         assert torch.equal(value, before[key]), key
-
-
-class FakeRun:
-    def __init__(self, model: nn.Module, images: torch.Tensor) -> None:
-        self.model, self.images = model, images
-        self.cfg = OmegaConf.create({"data": {"mean": [0.5], "std": [0.25]}})
-        self.datamodule = SimpleNamespace(test_set=True, test_dataloader=None)
-
-    def class_names(self) -> list[str]:
-        return ["a", "b", "c"]
-
-    def prepare_split(self, split: str) -> None:
-        pass
-
-    def test_images(self, limit: int | None = None, split: str = "test"):
-        shown = self.images[:limit]
-        return shown, (shown * 0.25 + 0.5).clamp(0, 1), torch.zeros(len(shown), dtype=torch.long)
 
 
 def _settings(*overrides: str) -> dict:

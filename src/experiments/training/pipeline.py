@@ -71,7 +71,7 @@ def train(cfg: DictConfig) -> float:
             if _is_launcher_process():
                 output_folders.remove_unused_run_folder(fresh_dir, Path(cfg.paths.output_root))
             raise
-        if resume_dir is not None and _is_launcher_process() and resume_dir.resolve() != fresh_dir.resolve():
+        if adopting:  # the run goes on in its own folder: the one Hydra made for this call is not needed
             output_folders.remove_unused_run_folder(fresh_dir, Path(cfg.paths.output_root))
         return _fit_and_test(cfg, started, **prepared)
 
