@@ -21,9 +21,12 @@ from torch import nn
 if TYPE_CHECKING:
     import pytorch_lightning as pl
 
-ACTIVATIONS = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.PReLU, nn.RReLU, nn.ELU, nn.SELU, nn.CELU, nn.GELU,
-               nn.SiLU, nn.Mish, nn.Hardswish, nn.Hardtanh, nn.Tanh, nn.Sigmoid, nn.Hardsigmoid,
-               nn.Softplus, nn.Softsign, nn.Tanhshrink)
+# Rectifier-like units are "off" (zero, or on their small negative branch) for x < 0, so a unit that is
+# never positive is dead; saturating units squash both tails flat, so the question there is saturation.
+RECTIFIERS = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.PReLU, nn.RReLU, nn.ELU, nn.SELU, nn.CELU, nn.GELU,
+              nn.SiLU, nn.Mish, nn.Hardswish)
+SATURATING = (nn.Tanh, nn.Sigmoid, nn.Hardtanh, nn.Hardsigmoid, nn.Softsign)
+ACTIVATIONS = (*RECTIFIERS, *SATURATING, nn.Softplus, nn.Tanhshrink)
 WEIGHTED = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
 BATCH_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
 
