@@ -18,6 +18,8 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
+from callbacks import dataflow
+
 if TYPE_CHECKING:
     import pytorch_lightning as pl
 
@@ -131,27 +133,37 @@ class Call:
 
 @dataclass
 class Trace:
-    calls: list[Call] = field(default_factory=list)
+    calls: list[Call] = field(default_factory=list)  # leaf module calls
+    flow: list[dataflow.Step] = field(default_factory=list)  # leaf calls and the tensor operations between them
 
     def activation_targets(self) -> dict[str, tuple[str, int]]:
         """For each conv/linear layer (name), the call whose output is its post-activation output.
 
-        That is the first activation module that runs after the layer and before the next conv/linear
-        (``(activation name, call index)``); a layer with none gets its own output (``(layer, 0)``).
-        A shared activation module (ResNet blocks call one ReLU twice) is told apart by call index.
+        That is the first activation call that reads the layer's output, followed through the data
+        flow (BN, pooling, the residual addition, concatenation; never through another conv/linear):
+        ``(activation name, call index)``. A layer whose output meets no activation gets its own
+        output (``(layer, 0)``). A shared activation module (ResNet blocks call one ReLU two or three
+        times) is told apart by call index.
+
+        Where outputs of several layers meet before one activation (a residual branch and its
+        projection shortcut at the addition), that activation is the block's rectified output and
+        is reported once, under the deepest of them (the branch's last conv, as in an identity
+        block); the projection is not reported: it has no nonlinearity of its own.
         """
+        reached, depth = dataflow.first_activations(self.flow, lambda m: isinstance(m, WEIGHTED),
+                                                    lambda m: isinstance(m, ACTIVATIONS))
+        owner: dict[tuple[str, int], str] = {}
+        for layer in depth:  # execution order: on equal depth the earlier layer keeps the report
+            target = reached.get(layer)
+            if target is not None and (target not in owner or depth[layer] > depth[owner[target]]):
+                owner[target] = layer
         targets: dict[str, tuple[str, int]] = {}
-        open_layer: str | None = None
-        for call in self.calls:
-            if isinstance(call.module, WEIGHTED):
-                if open_layer is not None and open_layer not in targets:
-                    targets[open_layer] = (open_layer, 0)
-                open_layer = call.name if call.name not in targets else None
-            elif isinstance(call.module, ACTIVATIONS) and open_layer is not None:
-                targets[open_layer] = (call.name, call.index)
-                open_layer = None
-        if open_layer is not None and open_layer not in targets:
-            targets[open_layer] = (open_layer, 0)
+        for layer in depth:
+            target = reached.get(layer)
+            if target is None:
+                targets[layer] = (layer, 0)
+            elif owner[target] == layer:
+                targets[layer] = target
         return targets
 
     def conv3x3_responses(self) -> list[tuple[str, str]]:
@@ -177,26 +189,32 @@ class Trace:
 
 
 def trace(model: nn.Module, x: torch.Tensor) -> Trace:
-    """Run ``x`` through ``model`` once (eval mode, no grad) and record every leaf module call."""
+    """Run ``x`` through ``model`` once (eval mode, no grad) and record every leaf module call, and
+    (``flow``) every tensor operation that runs between them (the residual addition, ``cat``)."""
     leaves = {name: m for name, m in model.named_modules() if name and not any(True for _ in m.children())}
     result = Trace()
     counts: dict[str, int] = {}
-
-    def record(name: str, module: nn.Module, inputs: tuple, output: Any) -> None:
-        first = inputs[0] if inputs and isinstance(inputs[0], torch.Tensor) else None
-        result.calls.append(Call(name, module, counts.get(name, 0),
-                                 id(first) if first is not None else None,
-                                 id(output) if isinstance(output, torch.Tensor) else None))
-        counts[name] = counts.get(name, 0) + 1
-
     # Every output stays referenced until the trace ends, so no id can be reused by a new tensor.
     keep: list[Any] = []
+    recorder = dataflow.Recorder(result.flow, keep)
 
-    def keep_and_record(name: str, module: nn.Module, inputs: tuple, output: Any) -> None:
+    def record(name: str, module: nn.Module, inputs: tuple, output: Any) -> None:
+        recorder.leave()
         keep.append(output)
-        record(name, module, inputs, output)
+        index = counts.get(name, 0)
+        first = inputs[0] if inputs and isinstance(inputs[0], torch.Tensor) else None
+        result.calls.append(Call(name, module, index, id(first) if first is not None else None,
+                                 id(output) if isinstance(output, torch.Tensor) else None))
+        result.flow.append(dataflow.Step(name, module, index, dataflow.tensor_ids(inputs),
+                                         dataflow.tensor_ids(output)))
+        counts[name] = index + 1
 
-    with evaluation(model), hooks(leaves, keep_and_record):
-        forward(model, x[:2])
+    entering = [m.register_forward_pre_hook(lambda module, inputs: recorder.enter()) for m in leaves.values()]
+    try:
+        with evaluation(model), hooks(leaves, record), recorder:
+            forward(model, x[:2])
+    finally:
+        for handle in entering:
+            handle.remove()
     keep.clear()
     return result
