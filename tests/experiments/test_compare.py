@@ -185,3 +185,69 @@ def test_report_for_one_run_and_for_a_sweep(degradation_sweep, capsys):
 def test_no_runs_is_a_clear_error(tmp_path, capsys):
     assert compare_cli.main([str(tmp_path)]) == 2
     assert "no run folders" in capsys.readouterr().err
+
+
+def test_degradation_decides_on_the_spread_of_the_seeds(tmp_path):
+    """Means alone say "degrades" (plain 56 is 1 point worse), but the seeds scatter by 3: not evidence."""
+    sweep = tmp_path / "sweep"
+    for seed, (p20, p56, r20, r56) in enumerate([(10, 8, 10, 9), (13, 14, 11, 10), (16, 20, 12, 11)]):
+        write_run(sweep / f"p20_{seed}", depth=20, residual=False, seed=seed, train=[40, p20], val=[40, 20])
+        write_run(sweep / f"p56_{seed}", depth=56, residual=False, seed=seed, train=[40, p56], val=[40, 20])
+        write_run(sweep / f"r20_{seed}", depth=20, residual=True, seed=seed, train=[40, r20], val=[40, 20])
+        write_run(sweep / f"r56_{seed}", depth=56, residual=True, seed=seed, train=[40, r56], val=[40, 20])
+    compare([sweep], out=tmp_path / "out", print_tables=False)
+    verdict = json.loads((tmp_path / "out" / "degradation.json").read_text())
+    plain, res = verdict["plain"], verdict["residual"]
+    # by hand: plain-20 10, 13, 16 -> mean 13, std 3; plain-56 8, 14, 20 -> mean 14, std 6
+    assert plain["shallow_final_train_err"] == pytest.approx(13) and plain["deep_final_train_err"] == pytest.approx(14)
+    assert plain["final_train_err_std"] == {"20": pytest.approx(3.0), "56": pytest.approx(6.0)}
+    assert plain["difference"] == pytest.approx(1.0)
+    assert plain["spread"] == pytest.approx(2 * (9 / 3 + 36 / 3) ** 0.5)        # 2 standard errors: 7.75
+    assert plain["final_train_err_runs"]["56"] == [8, 14, 20] and plain["seeds"]["56"] == [0, 1, 2]
+    assert verdict["plain_degrades"] is False and verdict["reproduced"] is False
+    # residual: 56 is 1 point better with std 1 at both depths: 2 SE = 2*sqrt(2/3) = 1.63 > 1: not worse, not better
+    assert res["deeper_not_worse"] is True and res["deeper_better"] is False
+    assert res["spread"] == pytest.approx(2 * (2 / 3) ** 0.5)
+    assert "no degradation beyond the spread" in verdict["verdict"] and "± 6.00 (n=3)" in verdict["verdict"]
+
+
+def test_degradation_reports_runs_that_collapse_to_chance(tmp_path):
+    sweep = tmp_path / "sweep"
+    write_run(sweep / "p20", depth=20, residual=False, seed=0, train=[60, 30, 20, 15], val=[60, 30, 20, 15])
+    # learned to 40%, back to chance at epoch 3 (1-based), partial recovery: the collapse the README describes
+    write_run(sweep / "p56", depth=56, residual=False, seed=0, train=[70, 40, 90, 50], val=[70, 40, 90, 50])
+    write_run(sweep / "p56b", depth=56, residual=False, seed=1, train=[95, 90, 88, 87], val=[95, 90, 88, 87])
+    write_run(sweep / "r20", depth=20, residual=True, seed=0, train=[50, 20, 12, 10], val=[50, 20, 12, 10])
+    write_run(sweep / "r56", depth=56, residual=True, seed=0, train=[50, 20, 12, 9], val=[50, 20, 12, 9])
+    result = compare([sweep], out=tmp_path / "out", print_tables=False)
+    verdict = result.degradation
+    # p56b never learned (never below 60%): it did not collapse, it never took off
+    assert verdict["plain"]["collapsed"] == {"20": [], "56": [{"run": "p56", "seed": 0, "epoch": 3}]}
+    assert "plain-56: 1 of 2 (epoch 3)" in verdict["verdict"]
+
+
+def test_seeds_are_drawn_as_mean_and_band(tmp_path):
+    from experiments.studies import run_table as rt
+    from experiments.studies.compare import mean_curve
+
+    sweep = tmp_path / "sweep"
+    write_run(sweep / "a", depth=20, residual=False, seed=0, train=[40, 20, 10], val=[42, 24, 14])
+    write_run(sweep / "b", depth=20, residual=False, seed=1, train=[44, 22], val=[46, 26])   # stopped early
+    runs = rt.read_runs([sweep / "a", sweep / "b"])
+    xs, mean, std = mean_curve(runs, "train/err")
+    assert xs == [1, 2, 3] and mean == pytest.approx([42, 21, 10])
+    assert std == pytest.approx([8 ** 0.5, 2 ** 0.5, 0.0])
+    # the figure: one line per column for the group, and one shaded band each
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from unittest import mock
+
+    import matplotlib.axes
+
+    with mock.patch.object(matplotlib.axes.Axes, "fill_between", autospec=True,
+                           side_effect=matplotlib.axes.Axes.fill_between) as band:
+        compare([sweep], by=["model.depth"], out=tmp_path / "out", print_tables=False)
+    assert band.call_count == 2   # val/err and train/err of the one two-seed group
+    lower = list(band.call_args_list[1].args[2])
+    assert lower == pytest.approx([42 - 8 ** 0.5, 21 - 2 ** 0.5, 10.0])

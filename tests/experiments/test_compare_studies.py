@@ -13,7 +13,7 @@ from tests.conftest import run_cli
 from experiments.training.build import build_model, input_shape_of
 
 STUDIES = {  # study: (grid size, grouping keys)
-    "degradation": (4, ["model.depth", "model.residual"]),
+    "degradation": (12, ["model.depth", "model.residual"]),
     "degradation_paper": (4, ["model.depth", "model.residual"]),
     "shortcuts": (3, ["model.shortcut"]),
     "depth_vs_width": (4, ["study.variant"]),
@@ -63,7 +63,8 @@ def test_degradation_recipe(compose):
     assert list(cfg.scheduler.milestones) == [0.5, 0.75] and cfg.scheduler.unit == "fraction"
     assert (cfg.scheduler.warmup_steps, cfg.scheduler.warmup_factor, cfg.scheduler.warmup_mode) == \
         (400, 0.1, "linear")
-    assert (cfg.data.augment.crop_padding, cfg.data.augment.hflip, cfg.data.image_size) == (2, True, 16)
+    assert (cfg.data.augment.crop_padding, cfg.data.augment.hflip, cfg.data.image_size) == (1, True, 8)
+    assert str(cfg.hydra.sweeper.params.seed) == "0,1,2"   # three seeds: mean ± std decides
     assert (cfg.data.subset, cfg.data.val_size, cfg.trainer.max_epochs) == (11000, 1000, 40)
     assert cfg.model.init == "kaiming" and cfg.model.zero_init_residual is True
     paper = compose(["experiment=degradation_paper"])
@@ -93,6 +94,7 @@ def test_optimizer_variants_resolve(compose):
 # Tiny: plain/residual CIFAR nets of depth 8 and 14 on 192 synthetic 16x16 images, 2 epochs.
 TINY_DEGRADATION = [
     "-m", "experiment=degradation", "hydra.sweeper.params.model='plain20,resnet20'", "model.depth=8,14",
+    "hydra.sweeper.params.seed=0",
     "data=synthetic", "data.in_channels=1", "data.mean=[0.5]", "data.std=[0.25]", "data.native_size=16",
     "data.num_train=192", "data.num_test=64", "data.val_size=64", "data.batch_size=32", "data.subset=null",
     "trainer.max_epochs=2", "scheduler.warmup_steps=2", "quiet=true",

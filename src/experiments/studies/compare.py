@@ -4,14 +4,16 @@ Compares finished (or unfinished) runs from their run folders only (``metrics.cs
 ``config.yaml``; see :mod:`experiments.core.runs`), with no dashboard:
 
 * ``curves.png`` / ``curves.svg``: error curves of all runs on shared axes, training error thin and
-  dashed, validation error bold, coloured by group (``--by``). When ``model.residual`` is a grouping
+  dashed, validation error bold, coloured by group (``--by``); a group of several seeds is drawn as its
+  mean with a shaded band of one standard deviation. When ``model.residual`` is a grouping
   key, plain nets are drawn on the left and residual nets on the right, as in He et al. 2016, Fig. 6;
 * ``runs.csv`` / ``runs.md``: final and best train/val/test error, params, multiply-adds and wall
   time per run; ``groups.csv`` / ``groups.md``: per configuration (same group values, any seed) the
   paper's "best (mean ± std)" of every error (std: sample standard deviation, n - 1);
 * ``degradation.json``: when the runs hold plain and residual nets of two or more depths, whether the
-  deeper plain net's final training error is above the shallower one's and whether the deeper
-  residual net's is not (one line printed);
+  deeper plain net's final training error is above the shallower one's by more than the seeds' spread
+  and whether the deeper residual net's is not, with every seed's number and the runs that collapsed
+  to chance after learning (one line printed; the rule is in :func:`run_table.degradation_check`);
 * ``notes.txt``: runs with missing metrics or unequal epochs (plotted as far as they go);
 * with ``--html``: ``report.html``, one self-contained file with all of the above, the composed configs
   and the command lines.
@@ -25,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import sys
 import time
 from dataclasses import dataclass, field
@@ -60,6 +63,23 @@ class Comparison:
 # ---------------------------------------------------------------------------------------------- figure
 
 
+def mean_curve(runs: list[rt.Run], column: str, x: str = "epoch") -> tuple[list[float], list[float], list[float]]:
+    """Mean and sample std of ``column`` over ``runs`` at every x any of them reached (std 0 where one did).
+
+    Seeds of one configuration are drawn as one line with a shaded band (the paper's figures draw one run;
+    a band shows whether two lines differ by more than the seeds do).
+    """
+    values: dict[float, list[float]] = {}
+    for run in runs:
+        for at, y in zip(*run.series(column, x), strict=True):
+            values.setdefault(at, []).append(y)
+    xs = sorted(values)
+    means = [statistics.fmean(values[at]) for at in xs]
+    stds = [statistics.stdev(values[at]) if len(values[at]) > 1 else 0.0 for at in xs]
+    return xs, means, stds
+
+
+
 def plot_curves(runs: list[rt.Run], keys: list[str], groups: list[tuple], out: Path, x: str = "epoch",
                 title: str = "") -> tuple[Path, Path] | None:
     import matplotlib
@@ -87,22 +107,26 @@ def plot_curves(runs: list[rt.Run], keys: list[str], groups: list[tuple], out: P
         panels = [(title or "error curves", drawable)]
     fig, axes = plt.subplots(1, len(panels), figsize=(6.4 * len(panels), 4.6), sharey=True, squeeze=False)
     for ax, (panel_title, members) in zip(axes[0], panels, strict=False):
-        seen: set[tuple] = set()
+        by_group: dict[tuple, list[rt.Run]] = {}
         for run in members:
-            key = tuple(v for k, v in zip(keys, run.group, strict=False) if k in colour_keys)
+            by_group.setdefault(tuple(v for k, v in zip(keys, run.group, strict=False) if k in colour_keys),
+                                []).append(run)
+        for key, group_runs in by_group.items():
             c = colour[key]
             label = rt.group_label(list(colour_keys), key)
-            for column, style, width in (("train/err", "--", 1.0), ("val/err", "-", 2.2)):
-                xs, ys = run.series(column, x)
-                if xs:
-                    first = key not in seen and column == "val/err"
-                    ax.plot(xs, ys, linestyle=style, linewidth=width, color=c, label=label if first else None,
-                            marker="o" if len(xs) == 1 else None)
-                    if first:
-                        seen.add(key)
-            if key not in seen:  # only training error: label the dashed line
-                seen.add(key)
-                ax.plot([], [], color=c, label=label)
+            if len(group_runs) > 1:
+                label += f" (mean ± std, {len(group_runs)} runs)"
+            labelled = False
+            for column, style, width in (("val/err", "-", 2.2), ("train/err", "--", 1.0)):
+                xs, mean, std = mean_curve(group_runs, column, x)
+                if not xs:
+                    continue
+                ax.plot(xs, mean, linestyle=style, linewidth=width, color=c, label=None if labelled else label,
+                        marker="o" if len(xs) == 1 else None)
+                labelled = True
+                if len(group_runs) > 1:
+                    ax.fill_between(xs, [m - d for m, d in zip(mean, std, strict=True)],
+                                    [m + d for m, d in zip(mean, std, strict=True)], color=c, alpha=0.18, linewidth=0)
         ax.set_title(panel_title)
         ax.set_xlabel("epoch" if x == "epoch" else "iteration")
         ax.grid(alpha=0.3)

@@ -358,14 +358,55 @@ def epoch_notes(runs: list[Run]) -> list[str]:
 # ----------------------------------------------------------------------------------------- degradation
 
 
+# A difference between two depths counts only when it is larger than this many standard errors of the
+# difference of the means (Welch's form, sqrt(s1^2/n1 + s2^2/n2)): about a 95% two-sided interval for
+# large n. With 3 seeds per depth it is a lenient bar (Student's t for 2-4 degrees of freedom is 2.8-4.3),
+# so the json also gives the raw numbers, to judge by.
+SPREAD_FACTOR = 2.0
+# A run "collapsed" when its training error went back to at least this (chance for 10 classes is 90%)
+# after having been at most COLLAPSE_FROM: the loss back to ln(10), one class for every image.
+COLLAPSE_TO, COLLAPSE_FROM = 85.0, 60.0
+
+
+def compare_depths(shallow: list[float], deep: list[float]) -> dict[str, Any]:
+    """Mean, sample std and n of each depth, the difference of the means (deep - shallow) and its spread.
+
+    ``spread`` is SPREAD_FACTOR standard errors of the difference; None with a single run at either depth
+    (nothing to measure it from), in which case the verdict rests on the means alone and says so.
+    """
+    (m_s, s_s), (m_d, s_d) = mean_std(shallow), mean_std(deep)
+    diff = m_d - m_s
+    spread = None
+    if len(shallow) > 1 and len(deep) > 1:
+        spread = SPREAD_FACTOR * math.sqrt(s_s ** 2 / len(shallow) + s_d ** 2 / len(deep))
+    return {"shallow_mean": m_s, "shallow_std": s_s, "shallow_n": len(shallow), "deep_mean": m_d, "deep_std": s_d,
+            "deep_n": len(deep), "difference": diff, "spread": spread}
+
+
+def collapsed(run: Run) -> int | None:
+    """The first epoch (1-based) at which ``run``'s training error came back to chance after learning."""
+    xs, train = run.series("train/err")
+    learned = False
+    for epoch, err in zip(xs, train, strict=True):
+        learned = learned or err <= COLLAPSE_FROM
+        if learned and err >= COLLAPSE_TO:
+            return int(epoch)
+    return None
+
+
 def degradation_check(runs: list[Run]) -> dict[str, Any] | None:
-    """He et al. Fig. 1/6: deeper plain net trains worse; deeper residual net does not.
+    """He et al. Fig. 1/6: the deeper plain net trains worse; the deeper residual net does not.
 
     Needs runs with ``model.depth`` and ``model.residual`` in their config, at least two depths for both
-    plain and residual nets. Final training error = the last epoch's ``train/err``, averaged over seeds.
+    plain and residual nets. Final training error = the last epoch's ``train/err``. The decision is on the
+    means over seeds AND their spread: plain degrades when the deep mean is above the shallow one by more
+    than the spread (SPREAD_FACTOR standard errors of the difference); the deeper ResNet is "not worse" when
+    its mean is not above the shallow one by more than the spread, and "better" when below by more than it.
     """
     table: dict[bool, dict[int, list[float]]] = {False: {}, True: {}}
     epochs: dict[tuple[bool, int], list[int]] = {}
+    seeds: dict[tuple[bool, int], list[Any]] = {}
+    collapses: dict[tuple[bool, int], list[dict[str, Any]]] = {}
     for run in runs:
         depth = OmegaConf.select(run.config, "model.depth", default=None, throw_on_resolution_failure=False)
         residual = OmegaConf.select(run.config, "model.residual", default=None, throw_on_resolution_failure=False)
@@ -376,22 +417,39 @@ def degradation_check(runs: list[Run]) -> dict[str, Any] | None:
             continue
         table[residual].setdefault(depth, []).append(final)
         epochs.setdefault((residual, depth), []).append(run.metrics()["epochs"])
+        seeds.setdefault((residual, depth), []).append(run.seed)
+        at = collapsed(run)
+        if at is not None:
+            collapses.setdefault((residual, depth), []).append({"run": run.name, "seed": run.seed, "epoch": at})
     if len(table[False]) < 2 or len(table[True]) < 2:
         return None
-    result: dict[str, Any] = {"measure": "final training error (%), last epoch, mean over seeds"}
+    result: dict[str, Any] = {
+        "measure": "final training error (%), last epoch; mean and sample std over seeds",
+        "rule": (f"a difference counts when it exceeds {SPREAD_FACTOR:g} standard errors of the difference of the "
+                 "means (sqrt(s1^2/n1 + s2^2/n2)); with one run at a depth there is no spread and the means decide"),
+    }
     for residual, name in ((False, "plain"), (True, "residual")):
         depths = sorted(table[residual])
         shallow, deep = depths[0], depths[-1]
-        values = {d: statistics.fmean(table[residual][d]) for d in depths}
-        entry = {"depths": depths, "final_train_err": {str(d): values[d] for d in depths},
+        stats = {d: mean_std(table[residual][d]) for d in depths}
+        versus = compare_depths(table[residual][shallow], table[residual][deep])
+        margin = versus["spread"] or 0.0
+        entry = {"depths": depths,
+                 "final_train_err": {str(d): stats[d][0] for d in depths},
+                 "final_train_err_std": {str(d): stats[d][1] for d in depths},
+                 "final_train_err_runs": {str(d): table[residual][d] for d in depths},
+                 "seeds": {str(d): seeds[(residual, d)] for d in depths},
                  "runs": {str(d): len(table[residual][d]) for d in depths},
                  "epochs": {str(d): epochs[(residual, d)] for d in depths},
+                 "collapsed": {str(d): collapses.get((residual, d), []) for d in depths},
                  "shallow_depth": shallow, "deep_depth": deep,
-                 "shallow_final_train_err": values[shallow], "deep_final_train_err": values[deep]}
+                 "shallow_final_train_err": versus["shallow_mean"], "deep_final_train_err": versus["deep_mean"],
+                 "difference": versus["difference"], "spread": versus["spread"]}
         if residual:
-            entry["deeper_not_worse"] = values[deep] <= values[shallow]
+            entry["deeper_not_worse"] = versus["difference"] <= margin
+            entry["deeper_better"] = versus["difference"] < -margin
         else:
-            entry["deeper_is_worse"] = values[deep] > values[shallow]
+            entry["deeper_is_worse"] = versus["difference"] > margin
         result[name] = entry
     plain, res = result["plain"], result["residual"]
     result["plain_degrades"] = plain["deeper_is_worse"]
@@ -399,16 +457,38 @@ def degradation_check(runs: list[Run]) -> dict[str, Any] | None:
     result["reproduced"] = bool(plain["deeper_is_worse"] and res["deeper_not_worse"])
     all_epochs = {e for v in epochs.values() for e in v}
     result["equal_epochs"] = len(all_epochs) == 1
-    verdict = (
-        f"Degradation {'REPRODUCED' if result['reproduced'] else 'NOT reproduced'}: "
-        f"plain-{plain['deep_depth']} final train err {plain['deep_final_train_err']:.2f}% "
-        f"{'>' if plain['deeper_is_worse'] else '<='} plain-{plain['shallow_depth']} "
-        f"{plain['shallow_final_train_err']:.2f}% ({'degrades' if plain['deeper_is_worse'] else 'no degradation'}); "
-        f"resnet-{res['deep_depth']} {res['deep_final_train_err']:.2f}% "
-        f"{'<=' if res['deeper_not_worse'] else '>'} resnet-{res['shallow_depth']} "
-        f"{res['shallow_final_train_err']:.2f}% ({'not worse' if res['deeper_not_worse'] else 'worse'})."
-    )
-    if not result["equal_epochs"]:
-        verdict += " Note: the runs have unequal epochs."
-    result["verdict"] = verdict
+    result["verdict"] = _verdict(result)
     return result
+
+
+def _side(entry: dict[str, Any], depth_key: str, name: str) -> str:
+    depth = entry[depth_key]
+    mean = entry["shallow_final_train_err" if depth_key == "shallow_depth" else "deep_final_train_err"]
+    std = entry["final_train_err_std"][str(depth)]
+    n = entry["runs"][str(depth)]
+    return f"{name}-{depth} {mean:.2f}%" + (f" ± {std:.2f} (n={n})" if std is not None else f" (n={n})")
+
+
+def _spread(entry: dict[str, Any]) -> str:
+    if entry["spread"] is None:
+        return "no spread: one run at a depth"
+    return f"difference {entry['difference']:+.2f}, spread {entry['spread']:.2f}"
+
+
+def _verdict(result: dict[str, Any]) -> str:
+    plain, res = result["plain"], result["residual"]
+    res_word = "better" if res["deeper_better"] else ("not worse" if res["deeper_not_worse"] else "worse")
+    text = (
+        f"Degradation {'REPRODUCED' if result['reproduced'] else 'NOT reproduced'}: "
+        f"{_side(plain, 'deep_depth', 'plain')} vs {_side(plain, 'shallow_depth', 'plain')} "
+        f"({'degrades' if plain['deeper_is_worse'] else 'no degradation beyond the spread'}; {_spread(plain)}); "
+        f"{_side(res, 'deep_depth', 'resnet')} vs {_side(res, 'shallow_depth', 'resnet')} "
+        f"({res_word}; {_spread(res)})."
+    )
+    falls = [f"{name}-{depth}: {len(c)} of {entry['runs'][depth]} (epoch {', '.join(str(x['epoch']) for x in c)})"
+             for name, entry in (("plain", plain), ("resnet", res)) for depth, c in entry["collapsed"].items() if c]
+    if falls:
+        text += " Collapsed to chance after learning: " + "; ".join(falls) + "."
+    if not result["equal_epochs"]:
+        text += " Note: the runs have unequal epochs."
+    return text
