@@ -3,7 +3,8 @@
 One class spans the whole design space the lectures sweep: ``stage_widths`` gives M (one width per
 stage), ``convs_per_stage`` N, ``fc_sizes`` K. ``N = M = K = 0`` is a linear classifier on the pixels.
 Convolutions are "same"-padded (odd kernels only), so only the 2x2 pools shrink the image, and the first
-FC layer is sized from ``input_size``.
+FC layer is sized from ``input_size``. ``activation`` swaps every RELU for another nonlinearity
+(:mod:`models.activations`: leaky_relu, elu, tanh, sigmoid).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from models.activations import Activation, make_activation, require_activation
 from models.errors import (
     ModelConfigError,
     require_choice,
@@ -38,16 +40,16 @@ def _require_sizes(key: str, values: object) -> list[int]:
 
 
 class ConvStage(nn.Sequential):
-    """``[CONV -> (BN) -> RELU] * N -> POOL?``: one resolution of the blueprint."""
+    """``[CONV -> (BN) -> RELU] * N -> POOL?``: one resolution of the blueprint (RELU: ``activation``)."""
 
     def __init__(self, in_channels: int, width: int, num_convs: int, kernel_size: int, batch_norm: bool,
-                 pool: str | None) -> None:
+                 pool: str | None, activation: str = "relu") -> None:
         layers: list[nn.Module] = []
         for _ in range(num_convs):
             layers.append(nn.Conv2d(in_channels, width, kernel_size, padding=kernel_size // 2, bias=not batch_norm))
             if batch_norm:
                 layers.append(nn.BatchNorm2d(width))
-            layers.append(nn.ReLU(inplace=True))
+            layers.append(make_activation(activation))
             in_channels = width
         if pool is not None:
             layers.append(POOLS[pool](kernel_size=2, stride=2))
@@ -72,6 +74,7 @@ class Blueprint(FeaturesClassifierMixin):
         pool: str | None = "max",
         fc_sizes: Sequence[int] = (128,),
         batch_norm: bool = False,
+        activation: Activation = "relu",
         dropout: float = 0.0,
         init: str = "kaiming",
     ) -> None:
@@ -89,6 +92,7 @@ class Blueprint(FeaturesClassifierMixin):
         if pool is not None:
             require_choice("pool", pool, POOLS)
         require_probability("dropout", dropout)
+        self.activation = require_activation(activation)
         if pool is not None and input_size < 2 ** len(widths):
             raise ModelConfigError(
                 "input_size", input_size, f"is too small for {len(widths)} stages of 2x2 pooling.",
@@ -97,7 +101,7 @@ class Blueprint(FeaturesClassifierMixin):
 
         stages, channels, side = [], in_channels, input_size
         for width in widths:
-            stages.append(ConvStage(channels, width, convs_per_stage, kernel_size, batch_norm, pool))
+            stages.append(ConvStage(channels, width, convs_per_stage, kernel_size, batch_norm, pool, activation))
             channels = stages[-1].out_channels
             side = side // 2 if pool is not None else side
         self.features = nn.Sequential(*stages)
@@ -105,7 +109,7 @@ class Blueprint(FeaturesClassifierMixin):
         head: list[nn.Module] = [nn.Flatten()]
         features = channels * side * side
         for size in fcs:
-            head += [nn.Linear(features, size), nn.ReLU(inplace=True)]
+            head += [nn.Linear(features, size), make_activation(activation)]
             if dropout > 0:
                 head.append(nn.Dropout(dropout))
             features = size

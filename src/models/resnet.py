@@ -19,6 +19,8 @@ One class, :class:`ResNet`, covers
 - ``stochastic_depth`` — Huang et al. 2016: block l of L is dropped with probability
   ``stochastic_depth * l / L`` during training (linear decay of the survival probability down to
   ``1 - stochastic_depth``); at test time every block is kept, so the network is the plain deterministic one.
+- ``activation`` — the nonlinearity after every BN (:mod:`models.activations`; ``relu``, the paper's, by
+  default): stem, blocks, the final pre-activation one. Squeeze-and-excitation keeps its own ReLU/sigmoid gate.
 - ``zero_init_residual`` — Goyal et al. 2017: the last BN of every residual branch starts at gamma = 0, so
   a deep ResNet starts as a shallow one and trains faster in a short budget; plain twins ignore it.
 """
@@ -31,6 +33,7 @@ import torch
 from torch import nn
 from torchvision.ops import SqueezeExcitation, StochasticDepth
 
+from models.activations import Activation, make_activation, require_activation
 from models.errors import ModelConfigError, require_choice, require_positive_int, require_probability
 from models.init import init_weights
 from models.interface import ClassifierMixin
@@ -90,6 +93,7 @@ class BlockOptions:
     stride_in_1x1: bool = False
     se_reduction: int = 0
     block_dropout: float = 0.0
+    activation: str = "relu"
 
 
 def make_shortcut(in_channels: int, out_channels: int, stride: int, options: BlockOptions) -> nn.Module | None:
@@ -124,7 +128,7 @@ class ResidualBlock(nn.Module):
         self.se = (SqueezeExcitation(out_channels, max(1, out_channels // options.se_reduction))
                    if options.se_reduction else None)
         self.stochastic_depth = StochasticDepth(drop_prob, "row") if drop_prob > 0 else None
-        self.relu = nn.ReLU(inplace=True)
+        self.relu = make_activation(options.activation)  # torchvision's name for it, whatever it computes
 
     def branch(self, x: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
@@ -268,6 +272,7 @@ class ResNet(ClassifierMixin):
         stochastic_depth: float = 0.0,
         block_dropout: float = 0.0,
         dropout: float = 0.0,
+        activation: Activation = "relu",
         zero_init_residual: bool = False,
         init: str = "kaiming",
     ) -> None:
@@ -287,6 +292,7 @@ class ResNet(ClassifierMixin):
         require_probability("stochastic_depth", stochastic_depth)
         require_probability("block_dropout", block_dropout)
         require_probability("dropout", dropout)
+        self.activation = require_activation(activation)
         if preactivation is None:
             preactivation = form == "wide"
         block_name, stage_blocks = resolve_depth(form, depth, block)
@@ -295,7 +301,7 @@ class ResNet(ClassifierMixin):
         options = BlockOptions(
             shortcut=shortcut, residual=bool(residual), preactivation=bool(preactivation), groups=groups,
             width_per_group=width_per_group, widen_factor=widen_factor, stride_in_1x1=bool(stride_in_1x1),
-            se_reduction=se_reduction, block_dropout=block_dropout,
+            se_reduction=se_reduction, block_dropout=block_dropout, activation=activation,
         )
         check_groups(block_name, widths, options)
         if block_dropout > 0 and block_name != "basic":
@@ -328,7 +334,7 @@ class ResNet(ClassifierMixin):
         # A pre-activation CIFAR network starts straight with the first block's BN-ReLU.
         pre_cifar = self.preactivation and form != "imagenet"
         self.bn1: nn.Module = nn.Identity() if pre_cifar else nn.BatchNorm2d(stem_width)
-        self.relu = nn.ReLU(inplace=True)
+        self.relu = make_activation(activation)
 
         total_blocks = sum(stage_blocks)
         channels, seen = stem_width, 0
@@ -341,7 +347,7 @@ class ResNet(ClassifierMixin):
         # Pre-activation blocks leave their output un-normalised: one BN-ReLU before pooling. The ReLU is a
         # module of its own (no parameters, no state-dict keys) so the final feature map has a hookable name.
         self.final_bn: nn.Module = nn.BatchNorm2d(channels) if self.preactivation else nn.Identity()
-        self.final_relu: nn.Module = nn.ReLU(inplace=True) if self.preactivation else nn.Identity()
+        self.final_relu: nn.Module = make_activation(activation) if self.preactivation else nn.Identity()
         self.avgpool = nn.AdaptiveAvgPool2d(1)
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
         self.fc = nn.Linear(channels, num_classes)

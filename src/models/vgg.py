@@ -4,13 +4,15 @@ Stacks of 3x3 convs (C adds 1x1 convs to the last three stages) separated by 2x2
 FC-4096, FC-4096, FC-classes with dropout 0.5. The first FC layer is sized from ``input_size``
 (512 x (input/32)^2 inputs) rather than by torchvision's adaptive 7x7 pooling, so a 32x32 CIFAR image
 gives a 512-input FC instead of 49 copies of one pixel; at 224 the two are identical and the keys
-(``features.N``, ``classifier.0/3/6``) match torchvision, so its state dicts load.
+(``features.N``, ``classifier.0/3/6``) match torchvision, so its state dicts load. ``activation``
+replaces every ReLU (:mod:`models.activations`); the default ``relu`` is the paper's and torchvision's.
 """
 
 from __future__ import annotations
 
 from torch import nn
 
+from models.activations import Activation, make_activation, require_activation
 from models.errors import require_choice, require_min_input_size, require_positive_int, require_probability
 from models.init import init_weights
 from models.interface import FeaturesClassifierMixin
@@ -29,7 +31,8 @@ CONFIGS: dict[str, list[int | str]] = {
 DEPTH_ALIASES = {"11": "A", "13": "B", "16": "D", "19": "E"}
 
 
-def make_features(spec: list[int | str], in_channels: int, batch_norm: bool) -> nn.Sequential:
+def make_features(spec: list[int | str], in_channels: int, batch_norm: bool, activation: str = "relu"
+                  ) -> nn.Sequential:
     layers: list[nn.Module] = []
     for item in spec:
         if item == "M":
@@ -43,7 +46,7 @@ def make_features(spec: list[int | str], in_channels: int, batch_norm: bool) -> 
             layers.append(nn.Conv2d(in_channels, width, kernel_size=kernel, padding=kernel // 2))
             if batch_norm:
                 layers.append(nn.BatchNorm2d(width))
-            layers.append(nn.ReLU(inplace=True))
+            layers.append(make_activation(activation))
             in_channels = width
     return nn.Sequential(*layers)
 
@@ -59,6 +62,7 @@ class VGG(FeaturesClassifierMixin):
         config: str = "D",
         batch_norm: bool = False,
         fc_size: int = 4096,
+        activation: Activation = "relu",
         dropout: float = 0.5,
         init: str = "kaiming",
     ) -> None:
@@ -67,20 +71,21 @@ class VGG(FeaturesClassifierMixin):
         require_positive_int("num_classes", num_classes)
         require_positive_int("fc_size", fc_size)
         require_probability("dropout", dropout)
+        self.activation = require_activation(activation)
         config = DEPTH_ALIASES.get(str(config), str(config))
         require_choice("config", config, CONFIGS)
         require_min_input_size(f"VGG-{config} (five 2x2 max pools)", input_size, 32, 224)
         self.config = config
-        self.features = make_features(CONFIGS[config], in_channels, batch_norm)
+        self.features = make_features(CONFIGS[config], in_channels, batch_norm, activation)
         side = input_size // 32
         self.feature_shape = (512, side, side)
         self.avgpool = nn.Identity()  # torchvision's AdaptiveAvgPool2d(7) is the identity at 224
         self.classifier = nn.Sequential(
             nn.Linear(512 * side * side, fc_size),
-            nn.ReLU(inplace=True),
+            make_activation(activation),
             nn.Dropout(dropout),
             nn.Linear(fc_size, fc_size),
-            nn.ReLU(inplace=True),
+            make_activation(activation),
             nn.Dropout(dropout),
             nn.Linear(fc_size, num_classes),
         )
