@@ -188,6 +188,20 @@ def test_sweep_with_a_non_positive_log_bound_is_refused_before_writing(tmp_path)
     assert [p for p in tmp_path.rglob("*") if p.is_file()] == [], "no sweep folder or study database"
 
 
+@pytest.mark.parametrize(("args", "words"), [
+    (["hparams_search=tpe", "hydra/sweeper/pruner=hyperbnd"],
+     ["hydra/sweeper/pruner=hyperbnd", "Did you mean hyperband?", "hyperband, median, none, sha"]),
+    (["hparams_search=random_log", "hydra/sweeper/sampler=rando"],
+     ["hydra/sweeper/sampler=rando", "Did you mean random?", "grid, random, tpe"]),
+    (["hydra/launcher=jobib"], ["hydra/launcher=jobib", "Did you mean joblib?"]),
+])
+def test_a_mistyped_plugin_option_is_one_paragraph(tmp_path, args, words):
+    """Sampler, pruner and launcher options live in code (the plugins' ConfigStore), not in conf/."""
+    result = run_cli("experiments.train", "-m", *TINY, *args, cwd=tmp_path)
+    assert_refused(result, words)
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_the_unknown_key_check_knows_keys_left_at_missing_and_added_keys():
     from experiments.core.fast_help import unknown_key
 

@@ -39,6 +39,21 @@ def config_groups(conf: Path = CONF) -> dict[str, list[str]]:
     return groups
 
 
+# Groups whose options are registered in code by Hydra plugins (our sweeper's samplers and pruners, the
+# launchers) rather than written in conf/: checked against Hydra's ConfigStore, which discovering the
+# plugins fills. Hydra itself answers a mistyped one with exit 1 and a listing.
+PLUGIN_GROUPS = ("hydra/sweeper", "hydra/sweeper/sampler", "hydra/sweeper/pruner", "hydra/launcher")
+
+
+def plugin_group_options(group: str) -> list[str]:
+    """The options of one of PLUGIN_GROUPS (``hydra/sweeper/pruner``: none, median, sha, hyperband)."""
+    from hydra.core.config_store import ConfigStore
+    from hydra.core.plugins import Plugins
+
+    Plugins.instance()  # imports every hydra_plugins package, which registers its configs
+    return sorted(name.removesuffix(".yaml") for name in ConfigStore.instance().list(group) if name.endswith(".yaml"))
+
+
 def group_options(group: str, conf: Path = CONF) -> list[str]:
     """The options of one config group (``model``: the model names), bases left out."""
     return sorted(p.stem for p in (conf / group).glob("*.yaml") if not is_base(p))
@@ -73,16 +88,19 @@ def unknown_option(argv: list[str], conf: Path = CONF) -> str | None:
         if argument.startswith("-") or "=" not in argument:
             continue
         group, value = argument.lstrip("+~").split("=", 1)
-        if group not in groups or not value or value == "null":
+        if (group not in groups and group not in PLUGIN_GROUPS) or not value or value == "null":
             continue
         names = [v.strip() for v in value.strip("[]").split(",")]
         if not all(_SIMPLE.match(n) for n in names):
             continue  # glob(...), range(...), ${...}: Hydra's syntax
-        options = groups[group]
+        options = groups[group] if group in groups else plugin_group_options(group)
         for name in names:
             if name not in options:
                 close = difflib.get_close_matches(name, options, n=4, cutoff=0.5)
                 hint = f"Did you mean {', '.join(close)}? " if close else ""
+                if group in PLUGIN_GROUPS:
+                    return (f"Error: {group}={name}: there is no such option of {group} (a Hydra plugin's config "
+                            f"group). {hint}The options are: {', '.join(options)}.")
                 return (f"Error: {group}={name}: there is no such {group} (conf/{group}/{name}.yaml does not exist). "
                         f"{hint}`python -m experiments.train --help` lists every {group}.")
     return None
