@@ -1,4 +1,4 @@
-"""The zoo's twins of torchvision's classic models, and the one look-alike that is not a twin.
+"""The zoo's twins of torchvision's classic and mobile models, and the one look-alike that is not a twin.
 
 A *twin* is a model config whose network computes exactly what torchvision's builder of the same
 architecture computes, from the same ``state_dict``: same keys, same shapes, same function (checked
@@ -39,6 +39,11 @@ TWINS: dict[str, str] = {
     "squeezenet1_0": "squeezenet1_0", "squeezenet1_1": "squeezenet1_1",
     "inception_v3": "inception_v3",
     "mobilenet_v2": "mobilenet_v2",
+    "mobilenet_v3_large": "mobilenet_v3_large", "mobilenet_v3_small": "mobilenet_v3_small",
+    "shufflenet_v2_x0_5": "shufflenet_v2_x0_5", "shufflenet_v2_x1_0": "shufflenet_v2_x1_0",
+    "shufflenet_v2_x1_5": "shufflenet_v2_x1_5", "shufflenet_v2_x2_0": "shufflenet_v2_x2_0",
+    # B5-B7 with torchvision's BatchNorm eps 1e-3 (model.bn_eps in their configs: it changes the function)
+    **{f"efficientnet_b{i}": f"efficientnet_b{i}" for i in range(8)},
 }
 
 # torchvision's bottleneck ResNets by (depth, groups, width_per_group, widen_factor) of models.resnet.ResNet.

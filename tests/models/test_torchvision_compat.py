@@ -30,7 +30,7 @@ tv = torchvision.models
 # The classic families of torchvision's classification models; the zoo's own variants of these
 # architectures that torchvision does not have are not twins.
 CLASSIC_PREFIXES = ("alexnet", "vgg", "resnet", "resnext", "wide_resnet", "densenet", "squeezenet", "googlenet",
-                    "inception_v3", "mobilenet_v2")
+                    "inception_v3", "mobilenet_v2", "mobilenet_v3", "shufflenet_v2", "efficientnet_b")
 NO_TWIN = {"googlenet": "the zoo's googlenet is the paper's (real 5x5 branches, LRN); torchvision's uses 3x3 and BN"}
 FC_SIZED_FOR_224 = ("alexnet", "vgg")  # torchvision's adaptive pool feeds a 224-sized FC; ours has none
 SMALLEST = {"inception_v3": 75}  # everything else takes 32x32
