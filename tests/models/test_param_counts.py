@@ -6,11 +6,14 @@ import pytest
 
 from models.alexnet import AlexNet
 from models.densenet import DenseNet
+from models.efficientnet import EfficientNet
 from models.googlenet import GoogLeNet
 from models.inception import InceptionV3
 from models.lenet import LeNet5
 from models.mobilenet import MobileNetV1, MobileNetV2
+from models.mobilenet_v3 import MobileNetV3
 from models.resnet import ResNet
+from models.shufflenet import ShuffleNetV2
 from models.squeezenet import SqueezeNet
 from models.vgg import VGG
 from models.zfnet import ZFNet
@@ -122,6 +125,34 @@ def test_squeezenet() -> None:
 def test_mobilenets() -> None:
     assert round(count(on_meta(MobileNetV1)) / 1e6, 2) == 4.23
     assert count(on_meta(MobileNetV2)) == 3_504_872
+
+
+@pytest.mark.parametrize(("width", "expected", "millions"), [
+    (0.5, 1_366_792, 1.4), (1.0, 2_278_604, 2.3), (1.5, 3_503_624, 3.5), (2.0, 7_393_996, 7.4),
+])
+def test_shufflenet_v2_matches_torchvision_and_table_5(width: float, expected: int, millions: float) -> None:
+    params = count(on_meta(ShuffleNetV2, width_multiplier=width))
+    assert params == expected  # torchvision's num_params
+    assert round(params / 1e6, 1) == millions
+
+
+def test_mobilenet_v3_matches_torchvision_and_table_3() -> None:
+    large, small = count(on_meta(MobileNetV3, variant="large")), count(on_meta(MobileNetV3, variant="small"))
+    assert (large, small) == (5_483_032, 2_542_856)  # torchvision's num_params
+    assert (large, small) == (pytest.approx(5.4e6, rel=0.02), pytest.approx(2.5e6, rel=0.02))  # Table 3
+
+
+@pytest.mark.parametrize(("width", "depth", "expected", "millions"), [
+    (1.0, 1.0, 5_288_548, 5.3), (1.0, 1.1, 7_794_184, 7.8), (1.1, 1.2, 9_109_994, 9.2),
+    (1.2, 1.4, 12_233_232, 12), (1.4, 1.8, 19_341_616, 19), (1.6, 2.2, 30_389_784, 30),
+    (1.8, 2.6, 43_040_704, 43), (2.0, 3.1, 66_347_960, 66),
+])
+def test_efficientnets_match_torchvision_and_table_2(width: float, depth: float, expected: int,
+                                                     millions: float) -> None:
+    """B0-B7: torchvision's num_params exactly, Table 2's two-digit figures within 2.5%."""
+    params = count(on_meta(EfficientNet, width_mult=width, depth_mult=depth))
+    assert params == expected
+    assert params / 1e6 == pytest.approx(millions, rel=0.025)
 
 
 def test_alexnet_two_gpu_and_one_gpu() -> None:
