@@ -363,9 +363,10 @@ def epoch_notes(runs: list[Run]) -> list[str]:
 # large n. With 3 seeds per depth it is a lenient bar (Student's t for 2-4 degrees of freedom is 2.8-4.3),
 # so the json also gives the raw numbers, to judge by.
 SPREAD_FACTOR = 2.0
-# A run "collapsed" when its training error went back to at least this (chance for 10 classes is 90%)
-# after having been at most COLLAPSE_FROM: the loss back to ln(10), one class for every image.
-COLLAPSE_TO, COLLAPSE_FROM = 85.0, 60.0
+# A run "collapsed" when its training error went back UP by at least this many points above the best
+# it had reached (the loss climbing back toward ln 10): training at a fixed lr should only go down, give
+# or take a point or two of noise between epochs.
+COLLAPSE_POINTS = 15.0
 
 
 def compare_depths(shallow: list[float], deep: list[float]) -> dict[str, Any]:
@@ -384,13 +385,13 @@ def compare_depths(shallow: list[float], deep: list[float]) -> dict[str, Any]:
 
 
 def collapsed(run: Run) -> int | None:
-    """The first epoch (1-based) at which ``run``'s training error came back to chance after learning."""
+    """The first epoch (1-based) at which ``run``'s training error was COLLAPSE_POINTS above its best so far."""
     xs, train = run.series("train/err")
-    learned = False
+    best = math.inf
     for epoch, err in zip(xs, train, strict=True):
-        learned = learned or err <= COLLAPSE_FROM
-        if learned and err >= COLLAPSE_TO:
+        if err >= best + COLLAPSE_POINTS:
             return int(epoch)
+        best = min(best, err)
     return None
 
 
@@ -488,7 +489,7 @@ def _verdict(result: dict[str, Any]) -> str:
     falls = [f"{name}-{depth}: {len(c)} of {entry['runs'][depth]} (epoch {', '.join(str(x['epoch']) for x in c)})"
              for name, entry in (("plain", plain), ("resnet", res)) for depth, c in entry["collapsed"].items() if c]
     if falls:
-        text += " Collapsed to chance after learning: " + "; ".join(falls) + "."
+        text += f" Training error back up by {COLLAPSE_POINTS:g}+ points (collapsed): " + "; ".join(falls) + "."
     if not result["equal_epochs"]:
         text += " Note: the runs have unequal epochs."
     return text
