@@ -15,6 +15,8 @@ traces one forward pass and refuses such a model, and one without any ReLU (a ta
 result would just be the gradient). The zoo's networks apply their ReLUs as modules, except Inception v3
 (torchvision's ``BasicConv2d`` calls ``F.relu``), MobileNet v2 (ReLU6) and the tanh/sigmoid LeNets, which
 are refused. Sigmoid and tanh gates next to ReLUs (squeeze-and-excitation) keep their plain gradient.
+A zoo network built with another ``model.activation`` (leaky_relu, elu, tanh, sigmoid: the families of
+:mod:`models.activations` record it as ``model.activation``) is refused first, by that key.
 """
 
 from __future__ import annotations
@@ -129,11 +131,26 @@ def _hashable(value: object) -> bool:
     return True
 
 
+def chosen_activation(model: nn.Module) -> str | None:
+    """The ``activation`` a zoo network (or the one inside a wrapper) was built with, or None if unknown."""
+    from models.activations import ACTIVATIONS
+
+    return next((m.activation for m in model.modules() if getattr(m, "activation", None) in ACTIVATIONS), None)
+
+
 def require_relu_modules(model: nn.Module, x: torch.Tensor, method: str) -> int:
     """The number of ``nn.ReLU`` calls of a forward pass; a user error when captum's modified backward
     would miss a rectifier or find none."""
-    relu_calls, others = rectifier_uses(model, x)
     name = type(model).__name__
+    activation = chosen_activation(model)
+    if activation not in (None, "relu"):
+        raise UserError("analysis", method, f"is defined by what it does at ReLUs (it passes only positive "
+                        f"gradients where a ReLU was on), and this {name} was built with "
+                        f"model.activation={activation}: there is no ReLU for captum's "
+                        f"{TITLES.get(method, method)} to modify, and the map would silently be another method.",
+                        "Analyse a run trained with model.activation=relu (the default), or use analysis=saliency "
+                        "(or gradcam) for this one.")
+    relu_calls, others = rectifier_uses(model, x)
     if others:
         listed = "; ".join(f"{function} in {where}" for where, function in others[:4])
         more = f" and {len(others) - 4} more" if len(others) > 4 else ""
