@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import pytest
+from torch import nn
 
 from models.alexnet import AlexNet
+from models.bn_inception import BNInception
 from models.densenet import DenseNet
 from models.efficientnet import EfficientNet
 from models.googlenet import GoogLeNet
 from models.inception import InceptionV3
+from models.inception_v4 import InceptionResNetV2, InceptionV4
 from models.lenet import LeNet5
 from models.mobilenet import MobileNetV1, MobileNetV2
 from models.mobilenet_v3 import MobileNetV3
@@ -16,6 +19,7 @@ from models.resnet import ResNet
 from models.shufflenet import ShuffleNetV2
 from models.squeezenet import SqueezeNet
 from models.vgg import VGG
+from models.xception import Xception
 from models.zfnet import ZFNet
 from tests.models.conftest import count, on_meta
 
@@ -192,3 +196,101 @@ def test_inception_v3_matches_torchvision() -> None:
     model = on_meta(InceptionV3)
     assert count(model) == 27_161_264
     assert count(model) - count(model.AuxLogits) == 23_834_568  # Keras Applications: 23.9 M
+
+
+def test_bn_inception_is_the_reference_port_without_its_conv_biases() -> None:
+    """The reference ports of Fig. 5 (yjxiong's Caffe model as Cadene's ``pretrainedmodels.bninception``;
+    osmr's ``imgclsmob`` asserts it) have 11,295,240 parameters with a bias on every conv. The paper drops
+    those biases (BN's shift subsumes them, Sec. 3.2): one per conv output channel, 10,016 in all."""
+    model = on_meta(BNInception)
+    assert all(m.bias is None for m in model.modules() if isinstance(m, nn.Conv2d))
+    assert sum(m.out_channels for m in model.modules() if isinstance(m, nn.Conv2d)) == 10_016
+    assert count(model) == 11_295_240 - 10_016
+    # TF-slim's separable first layer: 7x7 depthwise with multiplier 8, then 1x1 24 -> 64, for 7x7x3x64.
+    separable = on_meta(BNInception, stem="separable")
+    assert count(model) - count(separable) == 7 * 7 * 3 * 64 - (7 * 7 * 3 * 8 + 3 * 8 * 64)
+
+
+def _conv_bn(in_channels: int, out_channels: int, kh: int, kw: int | None = None) -> int:
+    """A bias-free conv's weights plus its BN's scale and shift."""
+    return in_channels * out_channels * kh * (kh if kw is None else kw) + 2 * out_channels
+
+
+def _fc(in_features: int, classes: int = 1000) -> int:
+    return in_features * classes + classes
+
+
+def _stem_figure_3() -> int:
+    return (_conv_bn(3, 32, 3) + _conv_bn(32, 32, 3) + _conv_bn(32, 64, 3) + _conv_bn(64, 96, 3)
+            + _conv_bn(160, 64, 1) + _conv_bn(64, 96, 3)
+            + _conv_bn(160, 64, 1) + _conv_bn(64, 64, 7, 1) + _conv_bn(64, 64, 1, 7) + _conv_bn(64, 96, 3)
+            + _conv_bn(192, 192, 3))
+
+
+def _reduction_a(c: int, k: int, l: int, m: int, n: int) -> int:  # noqa: E741 (Table 1's names)
+    return _conv_bn(c, n, 3) + _conv_bn(c, k, 1) + _conv_bn(k, l, 3) + _conv_bn(l, m, 3)
+
+
+def test_inception_v4_by_hand_from_figures_3_to_9_is_the_reference_count() -> None:
+    """42,679,816: TF-slim's ``inception_v4`` as ported by Cadene, osmr (``imgclsmob``) and timm (42.68 M)."""
+    a = (_conv_bn(384, 96, 1) + _conv_bn(384, 64, 1) + _conv_bn(64, 96, 3) + _conv_bn(384, 64, 1)
+         + _conv_bn(64, 96, 3) + _conv_bn(96, 96, 3) + _conv_bn(384, 96, 1))
+    b = (_conv_bn(1024, 384, 1) + _conv_bn(1024, 192, 1) + _conv_bn(192, 224, 1, 7) + _conv_bn(224, 256, 7, 1)
+         + _conv_bn(1024, 192, 1) + _conv_bn(192, 192, 1, 7) + _conv_bn(192, 224, 7, 1) + _conv_bn(224, 224, 1, 7)
+         + _conv_bn(224, 256, 7, 1) + _conv_bn(1024, 128, 1))
+    c = (_conv_bn(1536, 256, 1) + _conv_bn(1536, 384, 1) + 2 * _conv_bn(384, 256, 1, 3) + _conv_bn(1536, 384, 1)
+         + _conv_bn(384, 448, 1, 3) + _conv_bn(448, 512, 3, 1) + 2 * _conv_bn(512, 256, 1, 3) + _conv_bn(1536, 256, 1))
+    reduction_b = (_conv_bn(1024, 192, 1) + _conv_bn(192, 192, 3) + _conv_bn(1024, 256, 1) + _conv_bn(256, 256, 1, 7)
+                   + _conv_bn(256, 320, 7, 1) + _conv_bn(320, 320, 3))
+    by_hand = (_stem_figure_3() + 4 * a + _reduction_a(384, 192, 224, 256, 384) + 7 * b + reduction_b + 3 * c
+               + _fc(1536))
+    assert by_hand == 42_679_816
+    assert count(on_meta(InceptionV4)) == by_hand
+
+
+def _inception_resnet(c: int) -> tuple[int, int, int]:
+    """Figs. 16, 17, 19 at width ``c``: branches, then the 1x1 "Linear" conv back to ``c`` (with bias)."""
+    a = (_conv_bn(c, 32, 1) + _conv_bn(c, 32, 1) + _conv_bn(32, 32, 3) + _conv_bn(c, 32, 1) + _conv_bn(32, 48, 3)
+         + _conv_bn(48, 64, 3) + 128 * c + c)
+    b = _conv_bn(c, 192, 1) + _conv_bn(c, 128, 1) + _conv_bn(128, 160, 1, 7) + _conv_bn(160, 192, 7, 1) + 384 * c + c
+    cc = _conv_bn(c, 192, 1) + _conv_bn(c, 192, 1) + _conv_bn(192, 224, 1, 3) + _conv_bn(224, 256, 3, 1) + 448 * c + c
+    return a, b, cc
+
+
+def _reduction_b_figure_18(c: int) -> int:
+    return (3 * _conv_bn(c, 256, 1) + _conv_bn(256, 384, 3) + _conv_bn(256, 288, 3) + _conv_bn(256, 288, 3)
+            + _conv_bn(288, 320, 3))
+
+
+def test_inception_resnet_v2_reference_layout_is_the_released_network() -> None:
+    """55,843,464: TF-slim's ``inception_resnet_v2`` (Cadene's and osmr's ports, timm's 55.84 M; Keras' trainable
+    weights): its stem + Mixed_5b (35x35x320), 10 x A, Reduction-A to 1088, 20 x B, Fig. 18 to 2080, 10 x C,
+    a 1x1 conv to 1536."""
+    stem = (_conv_bn(3, 32, 3) + _conv_bn(32, 32, 3) + _conv_bn(32, 64, 3) + _conv_bn(64, 80, 1) + _conv_bn(80, 192, 3)
+            + _conv_bn(192, 96, 1) + _conv_bn(192, 48, 1) + _conv_bn(48, 64, 5) + _conv_bn(192, 64, 1)
+            + _conv_bn(64, 96, 3) + _conv_bn(96, 96, 3) + _conv_bn(192, 64, 1))
+    by_hand = (stem + 10 * _inception_resnet(320)[0] + _reduction_a(320, 256, 256, 384, 384)
+               + 20 * _inception_resnet(1088)[1] + _reduction_b_figure_18(1088) + 10 * _inception_resnet(2080)[2]
+               + _conv_bn(2080, 1536, 1) + _fc(1536))
+    assert by_hand == 55_843_464
+    assert count(on_meta(InceptionResNetV2)) == by_hand
+
+
+def test_inception_resnet_v2_paper_layout_by_hand_from_figures_15_to_19() -> None:
+    """The paper publishes no count: Fig. 3 stem, 5 x A at 384, Reduction-A to 1152, 10 x B, Fig. 18 to 2144,
+    5 x C, FC; 32,433,928, 58% of the released network."""
+    by_hand = (_stem_figure_3() + 5 * _inception_resnet(384)[0] + _reduction_a(384, 256, 256, 384, 384)
+               + 10 * _inception_resnet(1152)[1] + _reduction_b_figure_18(1152) + 5 * _inception_resnet(2144)[2]
+               + _fc(2144))
+    assert count(on_meta(InceptionResNetV2, layout="paper")) == by_hand == 32_433_928
+
+
+def test_xception_table_3_counts_the_classifier() -> None:
+    """Table 3's 22,855,952 includes the 1000-way logistic regression (2048 x 1000 + 1000) and BN's scale and
+    shift; Keras reports the same as trainable, plus 54,528 non-trainable BN running means and variances
+    (22,910,480 in all; 20,806,952 trainable without the classifier)."""
+    model = on_meta(Xception)
+    assert count(model) == 22_855_952
+    assert count(model) - count(model.get_classifier()) == 22_855_952 - _fc(2048) == 20_806_952
+    assert sum(b.numel() for name, b in model.named_buffers() if name.endswith(("running_mean", "running_var"))) \
+        == 54_528

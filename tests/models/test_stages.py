@@ -16,7 +16,7 @@ from tests.conftest import MODEL_NAMES, model_config
 NUM_CLASSES = 7
 # The smallest input each family takes (the rest take 32x32); resnet1202 is left out for time only.
 SIZES = {"alexnet": 75, "alexnet_torchvision": 64, "zfnet": 64, "googlenet": 64, "googlenet_naive": 64,
-         "inception_v3": 299}
+         "inception_v3": 299, "inception_v4": 75, "inception_resnet_v2": 75, "inception_resnet_v2_paper": 75}
 MODELS = [name for name in MODEL_NAMES if name not in ("resnet1202", "densenet264")]
 # One or two of each family also go through the transfer surgery (last_k, from_layer) on the meta device.
 SURGERY = ["alexnet_torchvision", "blueprint", "densenet40", "googlenet", "inception_v3", "lenet5", "linear",
