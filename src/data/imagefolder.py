@@ -4,13 +4,23 @@ Too large to hold in memory, so images are decoded per image in DataLoader worke
 v2 transforms: the ResNet-ImageNet scale augmentation (shorter side drawn from [256, 480], a random
 224 crop, horizontal flip) for training and resize + centre crop for evaluation. The validation split
 is held out of ``train/``; ``val/`` (or ``test/``) is the test set, as ImageNet papers report.
+
+Normalisation (``normalize``): ``dataset`` (the default) uses the folder's own per-channel mean and std,
+measured once on its training images (:func:`data.stats.folder_stats`: at most ``stats_images`` of them,
+a seeded draw, cached beside the data), which is what a network trained from scratch on X-rays, digits
+or satellite tiles needs; ``imagenet`` uses ImageNet's published numbers, which is what a network
+trained on ImageNet (torchvision's weights, fine-tuned with ``finetune.from=``) was trained with and
+must keep seeing; ``none`` only scales pixels to [0, 1]. Numbers given in ``mean``/``std`` win over
+``normalize``: the training pipeline writes the numbers it used there, into the run's ``config.yaml``,
+so evaluation and resume read them back instead of measuring again.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import pytorch_lightning as pl
 import torch
@@ -18,9 +28,14 @@ from PIL import Image, UnidentifiedImageError
 from torch.utils.data import DataLoader, Subset
 
 from data.errors import DataConfigError
+from data.stats import FolderStats, folder_stats
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+Normalize = Literal["dataset", "imagenet", "none"]
+NORMALIZE: tuple[str, ...] = ("dataset", "imagenet", "none")
+
+log = logging.getLogger(__name__)
 
 
 class _CheckedLoader:
@@ -37,6 +52,33 @@ class _CheckedLoader:
             raise RuntimeError(f"data.root: cannot read image {path} ({error}); remove or replace it.") from None
 
 
+def check_normalization(normalize: Any, mean: Sequence[float] | None, std: Sequence[float] | None,
+                        stats_images: Any, in_channels: int) -> tuple[list[float], list[float]] | None:
+    """The checked ``normalize``/``mean``/``std``/``stats_images``; the given numbers, or None to derive them."""
+    if normalize not in NORMALIZE:
+        raise DataConfigError("normalize", normalize, f"is not one of {', '.join(NORMALIZE)}.",
+                              "Use dataset (the folder's own statistics: training from scratch), imagenet "
+                              "(fine-tuning a network trained on ImageNet) or none (pixels in [0, 1]).")
+    if isinstance(stats_images, bool) or not isinstance(stats_images, int) or stats_images <= 0:
+        raise DataConfigError("stats_images", stats_images, "must be a positive integer: how many training "
+                              "images (at most) data.normalize=dataset reads.", "Use e.g. 1000.")
+    if (mean is None) != (std is None):
+        raise DataConfigError("mean/std", (mean, std), "must be given together or both left null.",
+                              "Give both (one value per channel), or set both to null and choose data.normalize.")
+    if mean is None or std is None:
+        if normalize == "imagenet" and in_channels != 3:
+            raise DataConfigError("normalize", normalize, f"gives ImageNet's RGB statistics, and data.in_channels"
+                                  f" is {in_channels}.", "Use data.normalize=dataset (the folder's own grey-level"
+                                  " statistics), or give data.mean and data.std.")
+        return None
+    mean, std = list(mean), list(std)
+    if len(mean) < in_channels or len(std) < in_channels or not all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) for v in mean + std) or min(std[:in_channels]) <= 0:
+        raise DataConfigError("mean/std", (mean, std), f"need {in_channels} numbers each and a positive std.",
+                              "Set both to null and choose data.normalize (dataset, imagenet, none).")
+    return mean[:in_channels], std[:in_channels]
+
+
 class ImageFolderDataModule(pl.LightningDataModule):
     name = "imagefolder"
 
@@ -47,8 +89,10 @@ class ImageFolderDataModule(pl.LightningDataModule):
         num_classes: int | None = None,
         image_size: int = 224,
         native_size: int | None = None,
-        mean: Sequence[float] = IMAGENET_MEAN,
-        std: Sequence[float] = IMAGENET_STD,
+        normalize: Normalize = "dataset",
+        mean: Sequence[float] | None = None,
+        std: Sequence[float] | None = None,
+        stats_images: int = 1000,
         batch_size: int = 256,
         eval_batch_size: int | None = None,
         num_workers: int = 2,
@@ -77,9 +121,7 @@ class ImageFolderDataModule(pl.LightningDataModule):
                                   "Use e.g. 2 (the images are decoded in the workers).")
         if in_channels not in (1, 3):
             raise DataConfigError("in_channels", in_channels, "must be 1 (grayscale) or 3 (RGB).", "Use 3.")
-        if len(mean) < in_channels or len(std) < in_channels or min(list(std)[:in_channels]) <= 0:
-            raise DataConfigError("mean/std", (list(mean), list(std)), f"need {in_channels} values each and a "
-                                  "positive std.", "Use the ImageNet values of conf/data/imagefolder.yaml.")
+        given = check_normalization(normalize, mean, std, stats_images, in_channels)
         if isinstance(val_size, bool) or not isinstance(val_size, (int, float)) or val_size < 0 or (
                 isinstance(val_size, float) and not val_size < 1):
             raise DataConfigError("val_size", val_size, "must be a count >= 0 (an integer) or a fraction in "
@@ -117,6 +159,10 @@ class ImageFolderDataModule(pl.LightningDataModule):
                                   "Use a fraction such as 0.02.")
         if verify_images:
             self._verify(self.train_samples + self.test_samples)
+        self.mode = "RGB" if in_channels == 3 else "L"
+        self.normalize = normalize
+        self.folder_stats: FolderStats | None = None
+        mean, std = given or self._statistics(normalize, in_channels, train_dir, stats_images)
         self.in_channels, self.num_classes, self.image_size = in_channels, len(self.classes), image_size
         self.native_size = native_size or image_size
         self.batch_size = batch_size
@@ -128,7 +174,20 @@ class ImageFolderDataModule(pl.LightningDataModule):
         self.scale = (int(scale[0]), int(scale[1]))
         self.hflip = bool(augment.get("hflip", True))
         self.color_jitter = float(augment.get("color_jitter", 0.0))
-        self.mode = "RGB" if in_channels == 3 else "L"
+
+    def _statistics(self, normalize: str, in_channels: int, train_dir: str, stats_images: int
+                    ) -> tuple[Sequence[float], Sequence[float]]:
+        """The mean and std that ``normalize`` names (``dataset``: measured, or read from the cache)."""
+        if normalize == "imagenet":
+            return IMAGENET_MEAN, IMAGENET_STD
+        if normalize == "none":
+            return (0.0,) * in_channels, (1.0,) * in_channels
+        stats = folder_stats(self.root, train_dir, [path for path, _ in self.train_samples], self.mode, stats_images)
+        self.folder_stats = stats
+        log.info("data.normalize=dataset: mean %s, std %s from %d of the %d training images (%s)",
+                 [round(v, 4) for v in stats.mean], [round(v, 4) for v in stats.std], stats.images, stats.total,
+                 f"cache: {stats.cache}" if stats.cache else "not cached: the folder is read-only")
+        return stats.mean, stats.std
 
     @staticmethod
     def _verify(samples: list[tuple[str, int]]) -> None:

@@ -105,10 +105,15 @@ def count_parameters(model) -> int:
 
 
 def build_datamodule(cfg: DictConfig):
-    """Instantiate ``cfg.data``; fill ``data.num_classes`` in the config when the dataset infers it."""
+    """Instantiate ``cfg.data``; fill ``data.num_classes`` in the config when the dataset infers it, and
+    ``data.mean``/``std`` when it derives them (an image folder's own statistics): the run's config.yaml
+    then holds the numbers used, for evaluation and resume."""
     datamodule = instantiate_or_explain(cfg.data, "data")
     if cfg.data.get("num_classes") is None:
         cfg.data.num_classes = int(datamodule.num_classes)
+    for key in ("mean", "std"):
+        if key in cfg.data and cfg.data.get(key) is None:
+            cfg.data[key] = [float(v) for v in getattr(datamodule, key)]
     return datamodule
 
 
