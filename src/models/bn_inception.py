@@ -16,8 +16,7 @@ projections to 96 to match the 576. The reference port (yjxiong's Caffe model, C
 network, like the paper, leaves out: 10,016 fewer.
 
 ``stem: separable`` makes the 7x7/2 conv depthwise separable (depth multiplier 8, then 1x1 to 64), as
-TF-slim's ``inception_v2`` builds it and the Xception paper says Inception V2's first layer was; Fig. 5
-just says "convolution", hence the default ``conv``.
+Google's TF-slim ``inception_v2`` builds it; Fig. 5 just says "convolution", hence the default ``conv``.
 """
 
 from __future__ import annotations
