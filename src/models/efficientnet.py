@@ -22,7 +22,8 @@ block runs.
 Module names are torchvision's ``efficientnet_b*`` (``features.<stage>.<block>.block.<layer>``,
 ``classifier.1``), and so are its BatchNorm settings (PyTorch's defaults for B0-B4; eps 0.001 and
 momentum 0.01, TF's, for the B5-B7 weights it ported: ``bn_eps``/``bn_momentum``), so its state
-dicts load and compute the same logits (``models.torchvision_twins``). Built from torchvision's
+dicts load and compute the same logits (``models.torchvision_twins``). (At momentum 0.01 the running
+statistics need some hundreds of steps to follow training; ``model.bn_momentum=0.1`` for shorter runs.) Built from torchvision's
 ``Conv2dNormActivation``, ``SqueezeExcitation`` and ``StochasticDepth``; the block and the scaling are
 written here because torchvision's class hard-codes 3 input channels and lacks the zoo's interface.
 """
@@ -43,6 +44,7 @@ from models.errors import ModelConfigError, require_positive_int, require_probab
 from models.init import init_weights
 from models.interface import FeaturesClassifierMixin
 from models.mobilenet import make_divisible
+from models.mobilenet_v3 import batch_norm
 
 
 class Stage(NamedTuple):
@@ -138,11 +140,7 @@ class EfficientNet(FeaturesClassifierMixin):
         depth = _require_multiplier("depth_mult", depth_mult, "1.0, 1.1, 1.2, 1.4, 1.8, 2.2, 2.6, 3.1")
         require_probability("dropout", dropout)
         require_probability("stochastic_depth", stochastic_depth)
-        if isinstance(bn_eps, bool) or not isinstance(bn_eps, (int, float)) or not 0 < bn_eps < 1:
-            raise ModelConfigError("bn_eps", bn_eps, "must be in (0, 1).",
-                                   "Use 1e-5 (PyTorch's default, torchvision's B0-B4) or 1e-3 (TF's, its B5-B7).")
-        require_probability("bn_momentum", bn_momentum)
-        norm_layer = partial(nn.BatchNorm2d, eps=float(bn_eps), momentum=float(bn_momentum))
+        norm_layer = batch_norm(bn_eps, bn_momentum)
 
         channels = scaled_width(STEM_CHANNELS, width)
         layers: list[nn.Module] = [Conv2dNormActivation(in_channels, channels, 3, stride=2, norm_layer=norm_layer,

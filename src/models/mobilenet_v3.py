@@ -18,15 +18,18 @@ Small at 2.9 M / 66 M: another count of another checkpoint; the paper's table is
 torchvision does; that is not TF's scaling behind Table 3's 0.75 rows (Large 0.75 is 3.4 M / 140 M
 here and in torchvision, 4.0 M / 155 M in the table).
 
-Module names and BatchNorm settings (eps 0.001, momentum 0.01: TF's) are torchvision's
-``mobilenet_v3_large``/``_small``, so its state dicts load and compute the same logits
-(``models.torchvision_twins``). Built from torchvision's ``Conv2dNormActivation`` and
+Module names and BatchNorm settings (``bn_eps`` 0.001, ``bn_momentum`` 0.01: TF's, the paper's "average
+decay of 0.99") are torchvision's ``mobilenet_v3_large``/``_small``, so its state dicts load and compute
+the same logits (``models.torchvision_twins``). The momentum changes no output, only how fast the
+running statistics follow training: at 0.01 they need some hundreds of steps, so a run of a few dozen
+steps evaluates with statistics still near their start (``model.bn_momentum=0.1`` for such runs). Built from torchvision's ``Conv2dNormActivation`` and
 ``SqueezeExcitation``; the block and the tables are written here because torchvision's class
 hard-codes 3 input channels and lacks the zoo's interface.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from functools import partial
 from typing import NamedTuple
 
@@ -71,8 +74,17 @@ SMALL = (
 # variant -> (its table, the width of the penultimate 1x1 conv, "NBN" in the tables)
 VARIANTS: dict[str, tuple[tuple[Bneck, ...], int]] = {"large": (LARGE, 1280), "small": (SMALL, 1024)}
 HEAD_EXPANSION = 6  # the 1x1 conv after the last block: 960 = 6 x 160, 576 = 6 x 96
-# TF's BatchNorm (decay 0.99 = PyTorch momentum 0.01), which torchvision's weights were trained with.
-norm_layer = partial(nn.BatchNorm2d, eps=0.001, momentum=0.01)
+
+
+def batch_norm(bn_eps: object, bn_momentum: object) -> Callable[..., nn.Module]:
+    """``nn.BatchNorm2d`` with the given epsilon and momentum, checked (TF's decay d is momentum 1 - d)."""
+    if isinstance(bn_eps, bool) or not isinstance(bn_eps, (int, float)) or not 0 < bn_eps < 1:
+        raise ModelConfigError("bn_eps", bn_eps, "must be in (0, 1).",
+                               "Use 1e-3 (TF's, the MobileNet v3 / EfficientNet B5-B7 weights') or 1e-5 (PyTorch's).")
+    if isinstance(bn_momentum, bool) or not isinstance(bn_momentum, (int, float)) or not 0 < bn_momentum <= 1:
+        raise ModelConfigError("bn_momentum", bn_momentum, "must be in (0, 1].",
+                               "Use 0.01 (TF's decay 0.99, the papers') or 0.1 (PyTorch's, for short runs).")
+    return partial(nn.BatchNorm2d, eps=float(bn_eps), momentum=float(bn_momentum))
 
 
 def _require_width(width_multiplier: object) -> float:
@@ -86,7 +98,8 @@ def _require_width(width_multiplier: object) -> float:
 class MobileBottleneck(nn.Module):
     """Fig. 4: [1x1 expand] -> kxk depthwise -> [SE, hard-sigmoid gate] -> linear 1x1, plus x when shapes match."""
 
-    def __init__(self, in_channels: int, row: Bneck, width_multiplier: float) -> None:
+    def __init__(self, in_channels: int, row: Bneck, width_multiplier: float,
+                 norm_layer: Callable[..., nn.Module]) -> None:
         super().__init__()
         expanded = make_divisible(row.expansion * width_multiplier)
         out_channels = make_divisible(row.out * width_multiplier)
@@ -124,6 +137,8 @@ class MobileNetV3(FeaturesClassifierMixin):
         variant: str = "large",
         width_multiplier: float = 1.0,
         dropout: float = 0.2,
+        bn_eps: float = 0.001,
+        bn_momentum: float = 0.01,
         init: str = "kaiming",
     ) -> None:
         super().__init__()
@@ -133,12 +148,13 @@ class MobileNetV3(FeaturesClassifierMixin):
         require_choice("variant", variant, VARIANTS)
         require_probability("dropout", dropout)
         alpha = _require_width(width_multiplier)
+        norm_layer = batch_norm(bn_eps, bn_momentum)
         table, penultimate = VARIANTS[variant]
         channels = make_divisible(STEM_CHANNELS * alpha)
         layers: list[nn.Module] = [Conv2dNormActivation(in_channels, channels, 3, stride=2, norm_layer=norm_layer,
                                                         activation_layer=nn.Hardswish)]
         for row in table:
-            layers.append(MobileBottleneck(channels, row, alpha))
+            layers.append(MobileBottleneck(channels, row, alpha, norm_layer))
             channels = layers[-1].out_channels
         last_conv = HEAD_EXPANSION * channels
         layers.append(Conv2dNormActivation(channels, last_conv, 1, norm_layer=norm_layer,

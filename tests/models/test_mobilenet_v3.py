@@ -39,6 +39,17 @@ def test_parameters_and_multiply_adds_are_torchvisions_and_table_3s(variant: str
     assert profile_model(model, (3, 224, 224))["macs"] == pytest.approx(madds, rel=0.025)
 
 
+@pytest.mark.parametrize("variant", list(TABLE_3))
+def test_batchnorm_settings_are_torchvisions(variant: str) -> None:
+    """TF's eps 1e-3 (it changes the function: torchvision's weights expect it) and momentum 0.01 (decay 0.99)."""
+    with torch.device("meta"):
+        theirs = torchvision.models.get_model(f"mobilenet_v3_{variant}", weights=None)
+    settings = [(m.eps, m.momentum) for m in on_meta(MobileNetV3, variant=variant).modules()
+                if isinstance(m, nn.BatchNorm2d)]
+    assert settings == [(m.eps, m.momentum) for m in theirs.modules() if isinstance(m, nn.BatchNorm2d)]
+    assert set(settings) == {(0.001, 0.01)}
+
+
 @pytest.mark.parametrize(("variant", "width"), [("large", 0.75), ("small", 0.75), ("large", 1.25)])
 def test_width_multipliers_round_every_layer_as_torchvision_does(variant: str, width: float) -> None:
     with torch.device("meta"):
@@ -64,7 +75,8 @@ def test_layout_follows_tables_1_and_2(variant: str) -> None:
 @torch.no_grad()
 def test_squeeze_excite_gates_with_the_hard_sigmoid() -> None:
     """Sec. 5.2: the SE gate is ReLU6(x + 3) / 6 of fc2(ReLU(fc1(mean))); bottleneck 1/4 of the expansion."""
-    block = MobileBottleneck(24, Bneck(5, 72, 40, se=True, hswish=False, stride=2), 1.0).eval()  # Table 1, row 5
+    row = Bneck(5, 72, 40, se=True, hswish=False, stride=2)  # Table 1, row 5
+    block = MobileBottleneck(24, row, 1.0, nn.BatchNorm2d).eval()
     se = next(m for m in block.modules() if isinstance(m, SqueezeExcitation))
     assert (se.fc1.in_channels, se.fc1.out_channels) == (72, 24)  # 72 / 4 = 18, rounded to a multiple of 8
     x = torch.randn(2, 72, 6, 6)
@@ -93,3 +105,6 @@ def test_bad_variant_and_width_are_refused() -> None:
     with pytest.raises(ModelConfigError, match=r"width_multiplier=0.*\(0, 4\]") as info:
         MobileNetV3(width_multiplier=0)
     assert info.value.key == "width_multiplier"
+    with pytest.raises(ModelConfigError, match=r"bn_momentum=0.*0\.01") as info:
+        MobileNetV3(bn_momentum=0)
+    assert info.value.key == "bn_momentum"
