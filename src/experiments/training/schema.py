@@ -75,6 +75,10 @@ DECLARED: dict[str, Any] = {
     "model.channels_last": bool,
     "model.paper": dict,
     "model.paper.*": int | float | str | None,
+    # the published ImageNet top-1 error (%, one model) that places a model on `summary --map`, and the
+    # number of test crops behind it when the paper gives no single-crop figure (1 when absent)
+    "model.paper.top1_err": Annotated[float, Gt(0), Lt(100)],
+    "model.paper.top1_crops": Annotated[int, Ge(1)],
     # the in-memory datamodules' BatchPipeline and the image folder's scale augmentation
     "data.augment": dict | None,
     "data.augment.crop_padding": int,
