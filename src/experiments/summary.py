@@ -5,6 +5,12 @@ totals, and the paper's figures from ``model.paper`` with the difference in perc
 from :func:`models.profile.profile_model`, the same function training uses for ``summary.json``.
 Torch is imported inside the task so ``--help`` stays instant; the model is built on the ``meta``
 device, so even ResNet-1202 or VGG-19 is summarised in seconds without memory.
+
+``python -m experiments.summary --map [--models A,B] [--no-timing]`` draws the map of the architectures
+instead: every model config with a published ImageNet error (``paper.top1_err``) on the lectures' chart
+of top-1 error against multiply-adds (marker area proportional to parameters), with latency and
+throughput measured on this machine. Its code lives in :mod:`experiments.bench.architecture_map`; it
+writes a new folder under ``outputs/architecture_map``.
 """
 
 from __future__ import annotations
@@ -121,12 +127,23 @@ def render_memory(cfg: DictConfig) -> None:
     render_bill(account(model, shape, batch, optimizer), f"memory of a training step (fp32, {optimizer})")
 
 
+@exits_cleanly_on_user_error
+def map_main(argv: list[str]) -> int:
+    """``--map``: an argparse command beside the Hydra one (it takes options, not config overrides)."""
+    from experiments.bench.architecture_map import run
+
+    return run(argv)
+
+
 if __name__ == "__main__":
     import sys
 
     from experiments.core.fast_help import print_help, wants_app_help
 
+    if "--map" in sys.argv[1:]:
+        sys.exit(map_main(sys.argv[1:]))
     if wants_app_help(sys.argv):  # the groups' options without the bases (conf/model/_*.yaml)
         print_help("summary", "summary", sys.argv)
+        print("\n--map: the map of the architectures (python -m experiments.summary --map --help)")
         sys.exit(0)
     main()
