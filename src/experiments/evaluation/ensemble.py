@@ -35,7 +35,7 @@ import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -248,7 +248,7 @@ class Member:
     run_dir: Path
     checkpoint: Path
     cfg: DictConfig
-    errors: dict[int, dict[str, float]] = field(default_factory=dict)
+    errors: dict[int | str, dict[str, float]] = field(default_factory=dict)  # crop scheme or extra view
 
     @property
     def name(self) -> str:
@@ -295,9 +295,20 @@ def _mismatch(member: Member, first: Member, what: str, first_value: str | None 
                     "image size and test set.")
 
 
+class ExtraView(Protocol):
+    """A test-time view beside the crop schemes (dense evaluation, :class:`.dense.DenseView`): one more row
+    per run, named ``name`` in the crops column, averaged into an ensemble like a scheme."""
+
+    name: str
+
+    def probabilities(self, trained: Any, run: str) -> tuple[torch.Tensor, torch.Tensor]: ...
+
+    def record(self) -> dict[str, Any]: ...
+
+
 def evaluate_crops(targets: Sequence[tuple[str, str]], ckpt: str = "best", overrides: list[str] | None = None,
                    schemes: Sequence[int] = (1,), resize_ratio: float = DEFAULT_RESIZE_RATIO,
-                   quiet: bool = False) -> dict[str, Any]:
+                   quiet: bool = False, extra: Sequence[ExtraView] = ()) -> dict[str, Any]:
     """Multi-crop errors of one run, or of several runs and their ensemble; writes and returns the record."""
     overrides = list(overrides or [])
     members = resolve_members(targets, ckpt, overrides)  # before torch is even imported
@@ -308,7 +319,7 @@ def evaluate_crops(targets: Sequence[tuple[str, str]], ckpt: str = "best", overr
 
     schemes = list(dict.fromkeys(schemes))
     labels: torch.Tensor | None = None
-    sums: dict[int, torch.Tensor] = {}
+    sums: dict[int | str, torch.Tensor] = {}
     num_test = num_classes = 0
     for member in members:  # one model in memory at a time
         trained = load_trained(str(member.checkpoint), ckpt, overrides)
@@ -316,20 +327,26 @@ def evaluate_crops(targets: Sequence[tuple[str, str]], ckpt: str = "best", overr
         if labels is not None and (size, classes) != (num_test, num_classes):
             _mismatch(member, members[0], f"{size} test images of {classes} classes,",
                           f"{num_test} of {num_classes}")
+        # The extra views first: a network they refuse (dense: not convertible) stops before the crop pass.
+        extras = {view.name: view.probabilities(trained, member.target) for view in extra}
         got, probs = crop_probabilities(trained, schemes, resize_ratio, run=member.target)
         if labels is not None and not torch.equal(got, labels):
             _mismatch(member, members[0], "other test labels (another data seed, split or subset)")
+        for name, (extra_labels, extra_probs) in extras.items():
+            assert torch.equal(extra_labels, got), f"{name} saw the test set in another order"
+            probs[name] = extra_probs
         labels, num_test, num_classes = got, size, classes
         k = top_k_of(probs[schemes[0]].shape[1])
-        for scheme in schemes:
+        for scheme in [*schemes, *extras]:
             member.errors[scheme] = errors_of(probs[scheme], got, k)
             sums[scheme] = probs[scheme] if scheme not in sums else sums[scheme] + probs[scheme]
         del trained, probs
     assert labels is not None
     top_k = top_k_of(sums[schemes[0]].shape[1])
-    ensemble = {s: errors_of(sums[s] / len(members), labels, top_k) for s in schemes} if len(members) > 1 else {}
+    views = [*schemes, *(view.name for view in extra)]
+    ensemble = {s: errors_of(sums[s] / len(members), labels, top_k) for s in views} if len(members) > 1 else {}
     rows = []
-    for scheme in schemes:
+    for scheme in views:
         rows += [{"name": m.name, "run_dir": str(m.run_dir), "models": 1, "crops": scheme, **m.errors[scheme]}
                  for m in members]
         if ensemble:
@@ -347,6 +364,7 @@ def evaluate_crops(targets: Sequence[tuple[str, str]], ckpt: str = "best", overr
                      "errors": {str(s): e for s, e in m.errors.items()}} for m in members],
         "rows": rows,
     }
+    record.update({view.name: view.record() for view in extra})
     if ensemble:
         record["ensemble"] = {str(s): e for s, e in ensemble.items()}
     prefix = "ensemble-" if ensemble else ""

@@ -12,6 +12,12 @@ Test-time averaging, as the papers' tables report it (:mod:`experiments.evaluati
 * ``eval.runs=[runA,runB,...]`` (run folders or .ckpt files; ``run=`` may then be left out, or is the
   first member): the runs' probabilities averaged too, each run's errors beside the ensemble's, written
   to ``<first run>/eval/ensemble-<time>.json``.
+* ``eval.dense=true`` (:mod:`experiments.evaluation.dense`): VGG's dense evaluation, one more ``dense``
+  row per run: the network made fully convolutional (ResNets and other global-pooling nets are so
+  already) slides over the test image enlarged to ``eval.dense_scale`` times the training size (default
+  256/224) or to a shorter side of ``eval.dense_size`` pixels, its class score map averaged, and the
+  soft-max averaged with the mirrored image's (``eval.dense_flip=false`` to skip the mirror). Setting
+  ``eval.dense_scale`` or ``eval.dense_size`` turns it on.
 
 Without ``eval.*`` keys the run is tested by its own Trainer exactly as at the end of training.
 """
@@ -27,8 +33,10 @@ from experiments.core.errors import UserError, exits_cleanly_on_user_error
 
 USAGE = ("usage: python -m experiments.eval run=<run folder or checkpoint> [ckpt=best|last|<path>] "
          "[eval.crops=1|10|144|[1,10,144]] [eval.runs=[<run>,<run>,...]] [eval.resize_ratio=256/224] "
+         "[eval.dense=true] [eval.dense_scale=256/224 | eval.dense_size=<pixels>] [eval.dense_flip=true] "
          "[key=value ...]")
-EVAL_KEYS = ("eval.crops", "eval.runs", "eval.resize_ratio")
+EVAL_KEYS = ("eval.crops", "eval.runs", "eval.resize_ratio", "eval.dense", "eval.dense_scale", "eval.dense_size",
+             "eval.dense_flip")
 CROPS_FIX = "Use eval.crops=1, 10 or 144, or a list such as eval.crops=[1,10,144]."
 
 
@@ -42,6 +50,10 @@ class EvalArguments:
     crops: list[int] | None = None  # None: the plain Trainer test, as before multi-crop testing existed
     runs: list[str] = field(default_factory=list)
     resize_ratio: float | None = None
+    dense: bool | None = None  # None: not asked; eval.dense_scale/size alone turn it on
+    dense_scale: float | None = None
+    dense_size: int | None = None
+    dense_flip: bool = True
 
     @property
     def targets(self) -> list[tuple[str, str]]:
@@ -50,7 +62,11 @@ class EvalArguments:
 
     @property
     def averaged(self) -> bool:
-        return self.crops is not None or bool(self.runs) or self.resize_ratio is not None
+        return self.crops is not None or bool(self.runs) or self.resize_ratio is not None or self.dense_on
+
+    @property
+    def dense_on(self) -> bool:
+        return bool(self.dense) or (self.dense is None and (self.dense_scale is not None or self.dense_size is not None))
 
 
 def list_value(value: str) -> list[str]:
@@ -77,16 +93,42 @@ def parse_crops(value: str) -> list[int]:
     return list(dict.fromkeys(schemes))
 
 
-def parse_ratio(value: str) -> float:
+def parse_ratio(value: str, key: str = "eval.resize_ratio",
+                meaning: str = "the 10-crop's shorter side over the crop size (data.image_size)",
+                example: str = "the papers' eval.resize_ratio=256/224 (the default)") -> float:
+    """A number >= 1, written as a decimal or a fraction such as 256/224."""
     try:
         top, _, bottom = value.partition("/")
         ratio = float(top) / float(bottom) if bottom else float(top)
     except (ValueError, ZeroDivisionError):
         ratio = math.nan
     if not math.isfinite(ratio) or ratio < 1:
-        raise UserError("eval.resize_ratio", value, "must be a number >= 1: the 10-crop's shorter side over the "
-                        "crop size (data.image_size).", "Use the papers' eval.resize_ratio=256/224 (the default).")
+        raise UserError(key, value, f"must be a number >= 1: {meaning}.", f"Use {example}.")
     return ratio
+
+
+def parse_bool(key: str, value: str) -> bool:
+    if value.lower() in ("true", "false"):
+        return value.lower() == "true"
+    raise UserError(key, value, "is not a boolean.", f"Use {key}=true or {key}=false.")
+
+
+def parse_dense_size(value: str) -> int:
+    if not value.isdigit() or int(value) < 1:
+        raise UserError("eval.dense_size", value, "must be a whole number of pixels: the shorter side of the "
+                        "enlarged test image.", "Use e.g. eval.dense_size=64 (at least data.image_size).")
+    return int(value)
+
+
+def check_dense(args: EvalArguments) -> None:
+    """The ``eval.dense*`` keys agree with each other (sizes are checked against the run when it loads)."""
+    if args.dense is False and (args.dense_scale is not None or args.dense_size is not None):
+        key = "eval.dense_scale" if args.dense_scale is not None else "eval.dense_size"
+        raise UserError(key, args.dense_scale or args.dense_size, "sizes dense evaluation, which eval.dense=false "
+                        "turns off.", f"Drop eval.dense=false, or drop {key}.")
+    if args.dense_scale is not None and args.dense_size is not None:
+        raise UserError("eval.dense_size", args.dense_size, f"and eval.dense_scale={args.dense_scale:g} both size the "
+                        "dense test image.", "Give one of them: a scale of the training size, or a side in pixels.")
 
 
 def parse_arguments(argv: list[str]) -> EvalArguments:
@@ -112,12 +154,23 @@ def parse_arguments(argv: list[str]) -> EvalArguments:
                                 "eval.runs=[outputs/train/<date>/<runA>,outputs/train/<date>/<runB>].")
         elif key == "eval.resize_ratio":
             args.resize_ratio = parse_ratio(value)
+        elif key == "eval.dense":
+            args.dense = parse_bool(key, value)
+        elif key == "eval.dense_scale":
+            args.dense_scale = parse_ratio(value, key, "the dense test image's shorter side over the training size "
+                                           "(data.image_size)", "eval.dense_scale=256/224 (VGG's Q = 256 for "
+                                           "224-pixel training crops) or eval.dense_scale=2")
+        elif key == "eval.dense_size":
+            args.dense_size = parse_dense_size(value)
+        elif key == "eval.dense_flip":
+            args.dense_flip = parse_bool(key, value)
         elif key.startswith("eval."):
             raise UserError(key, value, "is not an option of experiments.eval.", f"Use one of {', '.join(EVAL_KEYS)}.")
         else:
             args.overrides.append(arg)
     if not args.run and not args.runs:
         raise UserError("run", None, "is required (or eval.runs=[...]).", USAGE)
+    check_dense(args)
     return args
 
 
@@ -147,8 +200,15 @@ def main(argv: list[str] | None = None) -> dict:
     args = parse_arguments(sys.argv[1:] if argv is None else argv)
     if not args.averaged:
         return evaluate(args.run, args.ckpt, args.overrides)
+    from experiments.evaluation.dense import DenseSettings, DenseView
     from experiments.evaluation.ensemble import evaluate_crops
     from experiments.evaluation.multicrop import DEFAULT_RESIZE_RATIO
 
-    return evaluate_crops(args.targets, args.ckpt, args.overrides, args.crops or [1],
-                          args.resize_ratio or DEFAULT_RESIZE_RATIO)
+    extra = [DenseView(DenseSettings(args.dense_scale, args.dense_size, args.dense_flip))] if args.dense_on else []
+    record = evaluate_crops(args.targets, args.ckpt, args.overrides, args.crops or [1],
+                            args.resize_ratio or DEFAULT_RESIZE_RATIO, extra=extra)
+    for member in record.get("dense", {}).get("members", []):
+        print(f"dense: {member['conversion']}, test images at {member['side']} px, "
+              f"{'x'.join(map(str, member['score_map']))} score map averaged"
+              f"{' with the mirror image' if args.dense_flip else ''} ({member['run_dir']})")
+    return record
