@@ -11,7 +11,13 @@ Every ``every_n_steps`` optimizer steps, for each conv/linear weight (in network
 epochs and after training). Warnings (``alerts/vanishing_gradients``, ``alerts/exploding_gradients``):
 the first layer's RMS gradient below ``vanishing_ratio`` times the largest layer's (the classic deep
 sigmoid/tanh net without BN or shortcuts), and a total gradient norm above ``exploding_factor`` times
-its running median. The non-finite loss guard (:mod:`callbacks.nonfinite`) checks every step.
+its running median. The non-finite loss guard (:mod:`callbacks.nonfinite`) checks every step on the
+device and reads its flag on the host at the logging steps.
+
+No host sync per step: a sample is computed on the device at its step and read on the host, together
+with the guard's flag, at the next logging step (``trainer.log_every_n_steps``: where Lightning's
+logger reads its values too) or at the end of the epoch, in one transfer. Its scalars are logged
+with the step they were taken at.
 """
 
 from __future__ import annotations
@@ -45,7 +51,7 @@ def _loggable(values) -> list[float]:
 class GradientFlow(pl.Callback):
     def __init__(self, every_n_steps: int = 50, plot_every_n_epochs: int = 10, vanishing_ratio: float = 1e-3,
                  exploding_factor: float = 100.0, stop_on_nonfinite: bool = True,
-                 nonfinite_check_every_n_steps: int = 1) -> None:
+                 nonfinite_check_every_n_steps: int | None = None) -> None:
         """
         Args:
             every_n_steps: sample gradient norms and update ratios every n optimizer steps.
@@ -53,7 +59,9 @@ class GradientFlow(pl.Callback):
             vanishing_ratio: warn when the first layer's RMS gradient is below this fraction of the largest.
             exploding_factor: warn when the total gradient norm exceeds this multiple of its running median.
             stop_on_nonfinite: stop the run cleanly at a non-finite loss or gradient (see callbacks.nonfinite).
-            nonfinite_check_every_n_steps: how often the guard checks (1: every step, one host sync each).
+            nonfinite_check_every_n_steps: how often the host reads the guard's device flag (None: on the
+                logging steps, every ``trainer.log_every_n_steps``; 1: every step, one host sync each). A
+                non-finite step never changes the weights whatever this is; it only sets how soon the run stops.
         """
         self.every_n_steps, self.plot_every_n_epochs = max(1, int(every_n_steps)), int(plot_every_n_epochs)
         self.vanishing_ratio, self.exploding_factor = float(vanishing_ratio), float(exploding_factor)
@@ -61,7 +69,8 @@ class GradientFlow(pl.Callback):
         self.alerts = Alerts()
         self.history: list[dict[str, Any]] = []  # step, grad_norm {layer: v}, update_ratio {layer: v}, total
         self._layers: dict[str, torch.nn.Parameter] = {}
-        self._pending: dict[str, Any] | None = None
+        self._pending: dict[str, Any] | None = None  # the sampled step's gradients, before its update
+        self._unread: list[dict[str, Any]] = []  # samples still on the device
         self._plotted_step: int | None = None
 
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -94,25 +103,62 @@ class GradientFlow(pl.Callback):
 
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
                            batch_idx: int) -> None:
-        if self._pending is None or not trainer.is_global_zero:
-            return
-        pending, self._pending = self._pending, None
+        if self.guard is not None:
+            self.guard.after_step()
+        if self._pending is not None and trainer.is_global_zero:
+            self._unread.append(self._measure(self._pending))
+            self._pending = None
+        every = max(1, trainer.log_every_n_steps)
+        guard_due = self.guard is not None and self.guard.due(trainer, every)
+        samples_due = bool(self._unread) and (trainer.global_step % every == 0 or
+                                              trainer.fit_loop.epoch_loop.batch_progress.is_last_batch)
+        if guard_due or samples_due:
+            self._read(trainer, guard=guard_due, samples=samples_due)
+
+    def _measure(self, pending: dict[str, Any]) -> dict[str, Any]:
+        """The sample's update/weight ratios, on the device; its values stay there until :meth:`_read`."""
         params = [self._layers[n] for n in pending["names"]]
         after = [p.detach().float() for p in params]
         weight_norm = torch.stack(torch._foreach_norm(pending["before"]))
         update_norm = torch.stack(torch._foreach_norm(torch._foreach_sub(after, pending["before"])))
         ratio = update_norm / weight_norm.clamp_min(1e-12)
-        grad, ratio_list = pending["grad"].cpu().tolist(), ratio.cpu().tolist()
-        names = pending["names"]
-        sample = {"step": pending["step"], "grad_norm": dict(zip(names, grad)),
-                  "update_ratio": dict(zip(names, ratio_list)),
-                  "grad_rms": {n: g / max(1, k) ** 0.5 for n, g, k in zip(names, grad, pending["numel"])},
+        return {"step": pending["step"], "names": pending["names"], "numel": pending["numel"],
+                "values": torch.cat([pending["grad"], ratio])}
+
+    def _read(self, trainer: pl.Trainer, guard: bool, samples: bool) -> None:
+        """One host read for the guard's flag and every unread sample, then act on them."""
+        parts = ([self.guard.readout()] if guard else []) + ([u["values"] for u in self._unread] if samples else [])
+        values = torch.cat([p.float() for p in parts]).tolist()
+        stopped_at = None
+        if guard:
+            if self.guard.decide(trainer, values[:3]):
+                self._pending, stopped_at = None, self.guard.stopped_at
+            values = values[3:]
+        if samples:
+            unread, self._unread = self._unread, []
+            for item in unread:
+                n = len(item["names"])
+                if stopped_at is None or item["step"] < stopped_at:  # not a step that was undone
+                    self._add_sample(trainer, item, values[:n], values[n:2 * n])
+                values = values[2 * n:]
+
+    def _flush(self, trainer: pl.Trainer) -> None:
+        """At the end of an epoch or of fit: read what is still on the device."""
+        guard = self.guard is not None and self.guard.pending()
+        if guard or self._unread:
+            self._read(trainer, guard=guard, samples=bool(self._unread))
+
+    def _add_sample(self, trainer: pl.Trainer, item: dict[str, Any], grad: list[float], ratio: list[float]) -> None:
+        names = item["names"]
+        sample = {"step": item["step"], "grad_norm": dict(zip(names, grad)),
+                  "update_ratio": dict(zip(names, ratio)),
+                  "grad_rms": {n: g / max(1, k) ** 0.5 for n, g, k in zip(names, grad, item["numel"])},
                   "total": sum(g * g for g in grad) ** 0.5}
         self.history.append(sample)
         scalars = {f"grad_norm/{n}": v for n, v in sample["grad_norm"].items()}
         scalars.update({f"update_ratio/{n}": v for n, v in sample["update_ratio"].items()})
         scalars["grad_norm/total"] = sample["total"]
-        media.log_scalars(trainer, scalars, step=pending["step"])
+        media.log_scalars(trainer, scalars, step=item["step"])
         self._check(trainer, sample)
 
     def _check(self, trainer: pl.Trainer, sample: dict[str, Any]) -> None:
@@ -136,12 +182,18 @@ class GradientFlow(pl.Callback):
                     "(trainer.gradient_clip_val).", value=sample["total"] / median)
 
     # --- plots and the guard's end of fit ------------------------------------------------------------
+    def on_validation_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self.guard is not None and self.guard.pending():  # validation mid-epoch: checkpoints follow it
+            self._read(trainer, guard=True, samples=False)
+
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._flush(trainer)
         if trainer.is_global_zero and self.plot_every_n_epochs > 0 and \
                 (trainer.current_epoch + 1) % self.plot_every_n_epochs == 0:
             self.plot(trainer)
 
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._flush(trainer)
         if self.guard is not None and trainer.is_global_zero:
             self.guard.fit_end(trainer)
         if trainer.is_global_zero:
@@ -162,8 +214,9 @@ class GradientFlow(pl.Callback):
         bottom.axhline(1e-3, color="grey", linestyle="--", linewidth=0.8)
         bottom.set_ylabel("update / weight")
         bottom.set_xticks(index, names, rotation=90, fontsize=6)
-        for axes in (top, bottom):
-            axes.set_yscale("log")
+        for axes, values in ((top, sample["grad_norm"].values()), (bottom, sample["update_ratio"].values())):
+            if any(math.isfinite(v) for v in _loggable(values)):  # (a log axis of nothing cannot be drawn)
+                axes.set_yscale("log")
             axes.grid(True, alpha=0.3)
         top.set_title(f"gradient flow at step {sample['step']} (input layer on the left)")
         figure.tight_layout()

@@ -1,6 +1,8 @@
 """Batched image pipeline on tensors: uint8 batch -> float, resize/pad, augment, normalise.
 
-It runs after the batch reaches its device (the GPU when training there), one call per batch.
+It runs after the batch reaches its device (the GPU when training there), one call per batch, and
+moves nothing between host and device per batch: random numbers are drawn on the batch's device and
+the mean/std live there after the first batch.
 Written by hand on purpose: torchvision's v2 transforms draw ONE random crop/flip per call, so applied
 to a batch tensor they would give every image the same crop; per-image calls through PIL cost ~170 us
 an image, more than LeNet-5's whole training step on CPU.
@@ -55,25 +57,33 @@ class BatchPipeline:
                                       "to turn it off.")
         self.mean = torch.tensor(list(mean), dtype=torch.float32).view(1, -1, 1, 1)
         self.std = torch.tensor(list(std), dtype=torch.float32).view(1, -1, 1, 1)
+        self._on_device: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
         self.image_size, self.native_size, self.resize_mode = image_size, native_size, resize_mode
         self.crop_padding, self.hflip, self.color_jitter = crop_padding, bool(hflip), float(color_jitter)
         self.rotation, self.translate, self.color_cast = float(rotation), float(translate), float(color_cast)
 
+    def constants(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        """Mean and std on ``device``, copied there once: a copy per batch would be a blocking
+        host-to-device transfer, which waits for the GPU (a sync per step)."""
+        if device not in self._on_device:
+            self._on_device[device] = (self.mean.to(device), self.std.to(device))
+        return self._on_device[device]
+
     def __call__(self, images: torch.Tensor, train: bool) -> torch.Tensor:
         x = images.float().div_(255) if images.dtype == torch.uint8 else images.float()
         x = self.fit_size(x)
+        mean, std = self.constants(x.device)
         if train:
             if self.crop_padding:
-                x = random_crop(x, self.crop_padding, fill=self.mean.to(x.device))
+                x = random_crop(x, self.crop_padding, fill=mean)
             if self.hflip:
                 x = random_hflip(x)
             if self.rotation or self.translate:
-                x = random_affine(x, self.rotation, self.translate, fill=self.mean.to(x.device))
+                x = random_affine(x, self.rotation, self.translate, fill=mean)
             if self.color_jitter:
                 x = random_color_jitter(x, self.color_jitter)
             if self.color_cast:
                 x = random_color_cast(x, self.color_cast)
-        mean, std = self.mean.to(x.device), self.std.to(x.device)
         return (x - mean) / std
 
     def fit_size(self, x: torch.Tensor) -> torch.Tensor:

@@ -5,13 +5,22 @@ rest the same way for all: seeded hold-out validation split, batches cut straigh
 per-image Python), and the batched augment/normalise pipeline on the batch's device. ``classes`` keeps
 some labels only, relabelled 0..k-1 in the listed order, the same way in every split (transfer learning
 from one half of a dataset's classes to the other).
+
+The GPU data path (``device_resident``): a dataset that fits is copied to the training device once and
+every batch is cut (``index_select``) and augmented there, so nothing crosses the bus per step but the
+batch's indices (from pinned memory, asynchronously). ``auto`` (the default) does so when the Trainer
+trains on a CUDA device and the split takes at most :data:`RESIDENT_SHARE` of that device's free
+memory; ``true`` forces it (onto the current CUDA device, from ``setup`` on), ``false`` never. Data
+left on the host is read into pinned memory and copied with ``non_blocking=True`` (Lightning's
+transfer does that for pinned batches).
 """
 
 from __future__ import annotations
 
 import itertools
+import logging
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, Literal
 
 import pytorch_lightning as pl
 import torch
@@ -19,6 +28,40 @@ from torch.utils.data import DataLoader, RandomSampler, SequentialSampler
 
 from data.augment import BatchPipeline
 from data.errors import DataConfigError
+
+log = logging.getLogger(__name__)
+
+# With device_resident=auto a split goes to the GPU when it takes at most this share of the device's free
+# memory at the time its loader is made (the rest is for the weights, activations and the allocator's
+# workspace; the splits that come later see what the earlier ones left). A quarter keeps e.g. all of
+# CIFAR-10 (150 MB as uint8) resident on any GPU of 2 GB or more.
+RESIDENT_SHARE = 0.25
+
+
+def free_memory(device: torch.device) -> int | None:
+    """Free bytes on a CUDA ``device`` (None for any other device)."""
+    return torch.cuda.mem_get_info(device)[0] if device.type == "cuda" else None
+
+
+def resident_decision(setting: bool | str, dataset_bytes: int, device: torch.device | None,
+                      free_bytes: int | None, share: float = RESIDENT_SHARE) -> tuple[bool, str]:
+    """Whether a split of ``dataset_bytes`` goes to ``device`` under ``data.device_resident=setting``, and why.
+
+    ``device`` is where the Trainer trains (None: no Trainer yet); ``free_bytes`` the device's free memory
+    (``torch.cuda.mem_get_info``), None when unknown. Pure: the tests pass made-up memory figures.
+    """
+    if setting is False:
+        return False, "data.device_resident=false"
+    if device is None or device.type != "cuda":
+        return False, "not training on a CUDA device"
+    if setting is True:
+        return True, "data.device_resident=true"
+    if free_bytes is None:
+        return False, "the device's free memory is unknown"
+    limit = share * free_bytes
+    if dataset_bytes <= limit:
+        return True, f"{dataset_bytes / 2**20:.0f} MiB <= {share:.0%} of the {free_bytes / 2**30:.1f} GiB free"
+    return False, f"{dataset_bytes / 2**20:.0f} MiB > {share:.0%} of the {free_bytes / 2**30:.1f} GiB free"
 
 
 class TensorBatches(torch.utils.data.Dataset):
@@ -35,11 +78,25 @@ class TensorBatches(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.labels)
 
+    @property
+    def nbytes(self) -> int:
+        return self.images.numel() * self.images.element_size() + self.labels.numel() * self.labels.element_size()
+
+    def to(self, device: torch.device) -> TensorBatches:
+        """The same data on ``device`` (one copy of the whole split)."""
+        return TensorBatches(self.images.to(device), self.labels.to(device))
+
     def __getitem__(self, index: int):
         return self.images[index], self.labels[index]
 
     def __getitems__(self, indices: list[int]):
-        index = torch.as_tensor(indices, dtype=torch.long, device=self.labels.device)
+        index = torch.as_tensor(indices, dtype=torch.long)
+        if self.labels.device.type == "cuda":
+            # From pinned memory without waiting: a blocking host-to-device copy would wait for every
+            # kernel queued before it, i.e. sync the GPU once per batch.
+            index = index.pin_memory().to(self.labels.device, non_blocking=True)
+        else:
+            index = index.to(self.labels.device)
         rows = self.images.reshape(len(self.images), -1)  # a view: the images are contiguous
         images = rows.index_select(0, index).view(len(index), *self.images.shape[1:])
         return images, self.labels.index_select(0, index)
@@ -161,7 +218,7 @@ class InMemoryDataModule(pl.LightningDataModule):
         shuffle_seed: int = 0,
         subset: int | None = None,
         test_subset: int | None = None,
-        device_resident: bool = False,
+        device_resident: bool | Literal["auto"] = "auto",
         classes: Sequence[int] | None = None,
     ) -> None:
         super().__init__()
@@ -191,7 +248,11 @@ class InMemoryDataModule(pl.LightningDataModule):
                                   "[0, 1).", "Use e.g. 5000 or 0.1.")
         self.root, self.download, self.val_size = str(root), bool(download), val_size
         self.num_workers, self.split_seed, self.shuffle_seed = num_workers, split_seed, shuffle_seed
-        self.subset, self.test_subset, self.device_resident = subset, test_subset, bool(device_resident)
+        if device_resident not in (True, False, "auto"):
+            raise DataConfigError("device_resident", device_resident, "must be auto, true or false.",
+                                  "Use auto (on the GPU when it fits), true (always) or false (never).")
+        self.subset, self.test_subset, self.device_resident = subset, test_subset, device_resident
+        self._placed: dict[int, TensorBatches] = {}  # id(host split) -> its copy on the training device
         self.mean, self.std = list(mean), list(std)
         augment = dict(augment or {})
         keys = ("crop_padding", "hflip", "color_jitter", "rotation", "translate", "color_cast")
@@ -310,13 +371,33 @@ class InMemoryDataModule(pl.LightningDataModule):
         return images.contiguous(), labels.long()
 
     def _dataset(self, images: torch.Tensor, labels: torch.Tensor) -> TensorBatches:
-        if self.device_resident and torch.cuda.is_available():
+        if self.device_resident is True and torch.cuda.is_available():
             images, labels = images.cuda(), labels.cuda()
         return TensorBatches(images, labels)
+
+    def training_device(self) -> torch.device | None:
+        """The device the attached Trainer trains on (None without a Trainer)."""
+        trainer = getattr(self, "trainer", None)
+        strategy = getattr(trainer, "strategy", None) if trainer is not None else None
+        return getattr(strategy, "root_device", None)
+
+    def placed(self, dataset: TensorBatches, device: torch.device | None) -> TensorBatches:
+        """``dataset`` on ``device`` when ``device_resident`` says so (copied once, then reused)."""
+        if self.device_resident != "auto" or device is None:
+            return dataset
+        if id(dataset) in self._placed:
+            return self._placed[id(dataset)]
+        resident, why = resident_decision("auto", dataset.nbytes, device, free_memory(device))
+        if not resident:
+            return dataset
+        log.info("data.device_resident=auto: %s images kept on %s (%s)", len(dataset), device, why)
+        self._placed[id(dataset)] = dataset.to(device)
+        return self._placed[id(dataset)]
 
     def _loader(self, dataset: TensorBatches | None, shuffle: bool) -> DataLoader:
         if dataset is None:
             raise RuntimeError("setup() must run before asking for a dataloader")
+        dataset = self.placed(dataset, self.training_device())
         sampler = EpochSeededSampler(dataset, self.shuffle_seed) if shuffle else SequentialSampler(dataset)
         if shuffle:
             self._train_sampler = sampler

@@ -75,13 +75,31 @@ def test_quick_benchmark_writes_json(quick_run):
     for key in ("cpu", "cpu_count", "torch", "torch_threads"):
         assert key in payload["machine"]
     results = payload["results"]
-    assert {"overhead", "startup", "memory", "options", "section_seconds"} <= set(results)
+    assert {"overhead", "startup", "memory", "options", "steps", "section_seconds"} <= set(results)
     assert {"overhead/lenet5", "data/lenet5", "memory/lenet5", "options/channels_last",
             "options/deterministic", "options/bf16_autocast"} <= set(payload["ratios"])
     for name, value in payload["ratios"].items():
         assert math.isfinite(value) and value > 0, (name, value)
     assert results["overhead"][0]["sync_probe"]["steps"] > 0
     assert results["startup"]["help_seconds"] > 0
+
+
+def test_quick_benchmark_reports_the_per_step_overhead(quick_run):
+    payload, result = quick_run
+    steps = payload["results"]["steps"]
+    contenders = ["plain", "lightning", "callbacks=none", "callbacks=default", "callbacks=diagnostics"]
+    assert list(steps["us_per_step"]) == contenders
+    assert all(len(v) == steps["rounds"] for v in steps["samples_us_per_step"].values())
+    assert set(steps["over_lightning_us"]) == set(contenders[2:])
+    for name in contenders[1:]:
+        assert f"steps/over_plain_us/{name}" in payload["step_figures"]
+    breakdown = steps["breakdown"]
+    assert list(breakdown["categories"]) == contenders[1:]
+    assert breakdown["categories"]["lightning"]["our callbacks"] == 0  # the bare Trainer has none
+    assert set(breakdown["over_lightning_us"]) == set(contenders[2:])
+    assert steps["sync_probe"]["scheduled_steps"] == [49]
+    assert steps["sync_probe"]["reads_per_step_outside_scheduled"] == 0
+    assert "where a step's time goes" in result.stdout and "bare Lightning" in result.stdout
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message of a machine without a GPU")

@@ -54,3 +54,44 @@ def test_resume_on_the_gpu_continues_exactly(tmp_path):
     (run,) = run_folders(tmp_path / "outputs")
     run_cli("experiments.train", f"resume={run}", cwd=tmp_path, check=True)
     _finished(tmp_path)
+
+
+def _probe_on_gpu(callbacks: str) -> dict:
+    """The benchmark's sync probe on the GPU: steps 10..69 of a near-zero-compute run (a logging step, 49,
+    inside), method reads and torch's own report of synchronizing CUDA calls, step by step."""
+    from experiments.bench.steps import Contenders, StepCase, probe
+
+    case = StepCase(overrides=["model=linear", "data=synthetic", "data.native_size=8"], callbacks=[callbacks],
+                    batch_size=128, short_steps=2, long_steps=4, rounds=1, breakdown_steps=0, probe_window=60,
+                    gpu=True, clock="wall")
+    return probe(Contenders(case), f"callbacks={callbacks}", case.probe_window, log=lambda _: None)
+
+
+def test_no_device_sync_between_logging_steps_on_the_gpu():
+    report = _probe_on_gpu("diagnostics")
+    assert report["scheduled_steps"] == [49]
+    assert report["reads_per_step_outside_scheduled"] == 0, report["by_step"]
+    assert report["cuda_syncs_outside_scheduled"] == 0, (report["cuda_syncs_by_step"], report["top_sites"])
+
+
+def test_auto_puts_an_in_memory_dataset_on_the_gpu_once(compose, tmp_path):
+    import pytorch_lightning as pl
+
+    from experiments.training.build import build_datamodule, build_module
+
+    cfg = compose(["data=synthetic", "data.native_size=8", "model=linear", "trainer=gpu", "callbacks=none",
+                   f"paths.run_dir={tmp_path}"])
+    assert cfg.data.device_resident == "auto"
+    datamodule = build_datamodule(cfg)
+    devices = []
+
+    class BatchDevice(pl.Callback):
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+            devices.append(batch[0].device.type)
+
+    trainer = pl.Trainer(accelerator="gpu", devices=1, max_steps=3, logger=False, enable_checkpointing=False,
+                         enable_progress_bar=False, callbacks=[BatchDevice()], default_root_dir=tmp_path)
+    trainer.fit(build_module(cfg), datamodule=datamodule)
+    (placed,) = [d for d in datamodule._placed.values() if len(d) == len(datamodule.train_set)]
+    assert placed.images.is_cuda and placed.images.dtype == torch.uint8  # stored compact, on the device
+    assert devices == ["cuda"] * 3

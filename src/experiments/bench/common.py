@@ -69,6 +69,8 @@ def quiet_lightning():
     silence_harmless_warnings()
     # A benchmark run stops at max_steps inside its first epoch, before any validation: expected here.
     warnings.filterwarnings("ignore", message=".*could not find the monitored key.*")
+    # The bare-Lightning contender trains only: the datamodule's validation set is not its concern.
+    warnings.filterwarnings("ignore", message=".*val_dataloader.* but have no `validation_step`.*")
     loggers = [logging.getLogger(name) for name in ("pytorch_lightning", "lightning.pytorch", "lightning.fabric")]
     levels = [logger.level for logger in loggers]
     for logger in loggers:

@@ -35,9 +35,11 @@ def rows(results: dict[str, Any]) -> list[Row]:
                     f"{value:.3f}", ">= 0.97", _verdict(value, 0.97)))
         probe = item.get("sync_probe")
         if probe:
-            per_step = probe["host_reads_per_step"]
-            out.append(("1 overhead", f"host reads (device syncs) per step, {item['case']}",
-                        f"{per_step:.3f} ({probe['host_reads']} in {probe['steps']} steps)", "< 1", _verdict(per_step, 1.0, False)))
+            per_step = probe["reads_per_step_outside_scheduled"]
+            out.append(("1 overhead", f"host reads (device syncs) per step outside the every-{probe['every_n_steps']} "
+                        f"steps, {item['case']}", f"{per_step:.3f} ({probe['host_reads']} in {probe['steps']} steps, "
+                        f"{probe['reads_on_scheduled_steps']} on {probe['scheduled_steps']})", "0",
+                        "[green]ok[/green]" if per_step == 0 else "[red]over target[/red]"))
         if "ratio_data_over_ours_training" in item:
             value = item["ratio_data_over_ours_training"]
             out.append(("2 data", f"data path / training images/s, {item['case']}", f"{value:.1f}x", ">= 10x",
@@ -66,7 +68,68 @@ def rows(results: dict[str, Any]) -> list[Row]:
                 value += f" (compile {row['compile_seconds']:.1f} s)"
             out.append(("5 options", f"{name} / baseline, {options['case']} b{options['batch_size']} ({options['device']})",
                         value, "", ""))
+    out.extend(step_rows(results.get("steps")))
     return out
+
+
+# Targets of issue 19 (CPU): what our pipeline may add per step over a bare Lightning Trainer.
+STEP_TARGETS_US = {"callbacks=default": 100.0, "callbacks=diagnostics": 300.0}
+
+
+def step_rows(steps: dict[str, Any] | None) -> list[Row]:
+    if not steps:
+        return []
+    out: list[Row] = []
+    spread = steps["spread_us_per_step"]
+    for name, value in steps["us_per_step"].items():
+        low, high = spread[name]
+        out.append(("6 steps", f"{name}: us per step ({steps['clock']} clock, range {low:.0f}-{high:.0f})",
+                    f"{value:.0f}", "", ""))
+    for name, diff in steps["over_lightning_us"].items():
+        target = STEP_TARGETS_US.get(name) if steps["device"] == "cpu" else None
+        out.append(("6 steps", f"{name} - bare Lightning (us per step, range {diff['min']:.0f} to {diff['max']:.0f})",
+                    f"{diff['median']:+.0f}", f"<= {target:.0f}" if target else "",
+                    _verdict(diff["median"], target, False) if target else ""))
+    for name, diff in steps["over_plain_us"].items():
+        out.append(("6 steps", f"{name} - plain loop (us per step)", f"{diff['median']:+.0f}", "", ""))
+    probe = steps.get("sync_probe")
+    if probe:
+        outside = probe["reads_per_step_outside_scheduled"]
+        out.append(("6 steps", f"host reads per step outside the every-{probe['every_n_steps']} steps, diagnostics "
+                    f"(steps {probe['first_step']}-{probe['first_step'] + probe['steps'] - 1})", f"{outside:.3f}", "0",
+                    "[green]ok[/green]" if outside == 0 else "[red]over target[/red]"))
+        out.append(("6 steps", f"host reads on the every-{probe['every_n_steps']} steps {probe['scheduled_steps']}",
+                    str(probe["reads_on_scheduled_steps"]), "", ""))
+    return out
+
+
+def print_steps(steps: dict[str, Any], console=None) -> None:
+    """The breakdown: microseconds per step by category for each Lightning contender (profiled runs)."""
+    breakdown = steps.get("breakdown")
+    if not breakdown:
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    console = console or Console(width=None if sys.stdout.isatty() else 160)
+    names = list(breakdown["categories"])
+    table = Table(title=f"where a step's time goes (us per step, profiled run of {breakdown['steps']} steps; the "
+                        f"profiler's own {breakdown['profiler_cost_us_per_call']:.1f} us per action taken out)",
+                  title_justify="left")
+    table.add_column("category")
+    for name in names:
+        table.add_column(name.replace("callbacks=", ""), justify="right")
+    for name in names[1:]:
+        table.add_column(f"{name.replace('callbacks=', '')} - bare", justify="right")
+    over = breakdown.get("over_lightning_us", {})
+    for category in breakdown["categories"][names[0]]:
+        cells = [f"{breakdown['categories'][n][category]:.1f}" for n in names]
+        cells += [f"{over[n][category]:+.1f}" if n in over else "" for n in names[1:]]
+        table.add_row(category, *cells)
+    table.add_row("[b]step[/b]", *[f"{breakdown['profiled_us_per_step'][n]:.1f}" for n in names],
+                  *[f"{breakdown['profiled_us_per_step'][n] - breakdown['profiled_us_per_step'][names[0]]:+.1f}"
+                    for n in names[1:]])
+    console.print(table)
 
 
 def print_table(results: dict[str, Any], machine: dict[str, Any], console=None) -> None:
@@ -99,6 +162,19 @@ def ratios(results: dict[str, Any]) -> dict[str, float]:
     if options:
         for name, row in options["options"].items():
             flat[f"options/{name}"] = row["ratio_over_baseline"]
+    return flat
+
+
+def step_figures(results: dict[str, Any]) -> dict[str, float]:
+    """The steps section's headline figures under flat keys (microseconds per step, host reads)."""
+    steps = results.get("steps")
+    if not steps:
+        return {}
+    flat = {f"steps/us_per_step/{name}": value for name, value in steps["us_per_step"].items()}
+    flat.update({f"steps/over_lightning_us/{name}": d["median"] for name, d in steps["over_lightning_us"].items()})
+    flat.update({f"steps/over_plain_us/{name}": d["median"] for name, d in steps["over_plain_us"].items()})
+    if steps.get("sync_probe"):
+        flat["steps/host_reads_per_step_outside_scheduled"] = steps["sync_probe"]["reads_per_step_outside_scheduled"]
     return flat
 
 

@@ -2,8 +2,10 @@
 
 Sections (issue 6): 1 overhead of our training path over a plain PyTorch loop, 2 data path vs training,
 3 start-up of the CLI, 4 memory (the lectures' accounting beside the measured peak), 5 options
-(channels_last, compile, deterministic, mixed precision) against their baseline. Prints a table of
-ratios and writes ``<output_dir>/<timestamp>.json``. Settings live in ``conf/benchmark.yaml`` and take
+(channels_last, compile, deterministic, mixed precision) against their baseline; (issue 19) 6 steps:
+microseconds per step on a near-zero-compute model for the plain loop, a bare Lightning Trainer and
+our pipeline per callback set, where ours spends them (a profiler's breakdown), and the host reads
+(device syncs) per step. Prints a table and writes ``<output_dir>/<timestamp>.json``. Settings live in ``conf/benchmark.yaml`` and take
 Hydra overrides (``sections=[overhead] cpu.rounds=3``).
 
 Only the standard library is imported at module level, so ``--help`` answers at once; torch and
@@ -26,7 +28,8 @@ def parse(argv: list[str]) -> list[str]:
         prog="python -m experiments.benchmark", description=__doc__.split("\n\n", 1)[1],
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="examples:\n  python -m experiments.benchmark\n  python -m experiments.benchmark quick=true\n"
-               "  python -m experiments.benchmark suite=gpu\n  python -m experiments.benchmark sections=[startup]")
+               "  python -m experiments.benchmark suite=gpu\n  python -m experiments.benchmark sections=[startup]\n"
+               "  python -m experiments.benchmark sections=[steps] cpu.steps.rounds=9")
     parser.add_argument("overrides", nargs="*", help="Hydra overrides of conf/benchmark.yaml")
     return parser.parse_args(argv).overrides
 
@@ -67,7 +70,7 @@ def run(cfg, suite, log=print) -> dict[str, Any]:
         log("overhead" + (" + data path" if "data" in sections else ""))
         results["overhead"] = []
         for index, case_cfg in enumerate(suite.overhead):
-            case = Case.from_cfg(case_cfg, gpu=gpu)
+            case = Case.from_cfg(case_cfg, gpu=gpu, clock=str(suite.get("clock") or "wall"))
             results["overhead"].append(overhead(
                 case, int(suite.rounds), data_path="data" in sections and index == 0,
                 data_steps=int(suite.data_steps), probe_window=int(suite.probe_window) if index == 0 else 0, log=log))
@@ -89,6 +92,12 @@ def run(cfg, suite, log=print) -> dict[str, Any]:
         names = [n for n in suite.options.names if gpu or n != "fp16_autocast"]
         results["options"] = options(case, names, int(suite.options.rounds), log=log)
         lap("options")
+    if "steps" in sections:
+        from experiments.bench.steps import StepCase, step_overhead
+
+        log("steps")
+        results["steps"] = step_overhead(StepCase.from_cfg(suite.steps, gpu=gpu), log=log)
+        lap("steps")
     return results
 
 
@@ -139,16 +148,18 @@ def main(argv: list[str] | None = None) -> int:
     from omegaconf import OmegaConf
 
     from experiments.bench.common import machine_facts
-    from experiments.bench.report import print_table, ratios, write_json
+    from experiments.bench.report import print_steps, print_table, ratios, step_figures, write_json
 
     started = time.time()
     machine = machine_facts()
     results = run(cfg, suite)
     payload = {"suite": cfg.suite, "quick": bool(cfg.quick), "command": " ".join(["python -m experiments.benchmark",
                *overrides]), "machine": machine, "seconds": round(time.time() - started, 1),
-               "ratios": ratios(results), "results": results,
+               "ratios": ratios(results), "step_figures": step_figures(results), "results": results,
                "settings": OmegaConf.to_container(suite, resolve=True)}
     print_table(results, machine)
+    if "steps" in results:
+        print_steps(results["steps"])
     path = write_json(Path(cfg.output_dir), payload)
     print(f"written: {path}  ({payload['seconds']:.0f} s)")
     return 0

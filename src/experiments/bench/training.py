@@ -47,13 +47,14 @@ class Case:
     precision: str = "32-true"
     channels_last: bool = False
     gpu: bool = False
+    clock: str = "wall"  # wall, or process (CPU time: what a shared core's other jobs cannot inflate)
 
     @classmethod
-    def from_cfg(cls, cfg: Any, gpu: bool = False) -> Case:
+    def from_cfg(cls, cfg: Any, gpu: bool = False, clock: str = "wall") -> Case:
         from omegaconf import OmegaConf
 
         plain = OmegaConf.to_container(cfg, resolve=True) if not isinstance(cfg, dict) else dict(cfg)
-        return cls(**{**plain, "gpu": gpu})
+        return cls(**{"clock": clock, **plain, "gpu": gpu})
 
     @property
     def total_steps(self) -> int:
@@ -80,6 +81,17 @@ def to_channels_last(model: nn.Module) -> nn.Module:
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
+
+
+def clock_function(name: str):
+    """``time.perf_counter`` for ``wall``, ``time.process_time`` for ``process``.
+
+    With one thread (``cpu.threads: 1``) the process's CPU time is the step's own work: on a core shared
+    with other jobs the wall clock also counts the time they took, the process clock does not.
+    """
+    if name not in ("wall", "process"):
+        raise ValueError(f"clock={name!r}: use wall or process")
+    return time.perf_counter if name == "wall" else time.process_time
 
 
 def prepare(case: Case) -> tuple[Any, Any, list[str]]:
@@ -130,14 +142,17 @@ def ours_once(case: Case, overrides: Sequence[str], datamodule, probe_window: in
     from experiments.training.build import build_module, build_trainer
 
     run_dir = tempfile.mkdtemp(prefix="bench-run-")
-    total = case.warmup + (probe_window or case.steps)
+    # A probed run has one step more than its window: the end-of-run work (epoch-end callbacks, the last
+    # checkpoint) happens after the window, not in its last step.
+    total = case.warmup + (probe_window + 1 if probe_window else case.steps)
     extra = [f"paths.run_dir={run_dir}", f"trainer.max_steps={total}", "quiet=false"]
+    clock = [] if probe_window else [f"+callbacks.bench_timer.clock={case.clock}"]
     if probe_window:
         extra += ["+callbacks.bench_probe._target_=experiments.bench.callbacks.SyncProbe",
                   f"+callbacks.bench_probe.start_step={case.warmup}", f"+callbacks.bench_probe.window={probe_window}"]
     else:
         extra += ["+callbacks.bench_timer._target_=experiments.bench.callbacks.StepTimer",
-                  f"+callbacks.bench_timer.start_step={case.warmup}"]
+                  f"+callbacks.bench_timer.start_step={case.warmup}", *clock]
     try:
         with quiet_lightning():
             cfg = compose_train([*_run_overrides(case, overrides), *extra])
@@ -173,10 +188,12 @@ class Options:
 class PlainLoop:
     """The hand-written loop: same model, data, optimizer, schedule, loss and batched augmentation."""
 
-    def __init__(self, cfg, datamodule, device: torch.device, options: Options | None = None) -> None:
+    def __init__(self, cfg, datamodule, device: torch.device, options: Options | None = None,
+                 clock: str = "wall") -> None:
         from experiments.training.build import build_model, input_shape_of
         from experiments.training.optim import build_optimizer, build_scheduler
 
+        self.clock = clock_function(clock)
         self.options = options or Options()
         self.datamodule, self.device = datamodule, device
         torch.manual_seed(int(cfg.seed))
@@ -228,7 +245,7 @@ class PlainLoop:
                 images = self.datamodule.transform_batch(images, train=True)
                 if index == warmup:
                     _sync(self.device)
-                    started = time.perf_counter()
+                    started = self.clock()
                 first = self.options.compile and self.compile_seconds is None
                 if first:
                     _sync(self.device)
@@ -239,7 +256,7 @@ class PlainLoop:
                     self.compile_seconds = time.perf_counter() - begun
                 count += images.shape[0] if index >= warmup else 0
             _sync(self.device)
-            return count / (time.perf_counter() - started)
+            return count / (self.clock() - started)
 
 
 def cycle_batches(datamodule):
@@ -265,20 +282,21 @@ def _deterministic(enabled: bool):
         torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = cudnn
 
 
-def data_path_once(datamodule, device: torch.device, warmup: int, steps: int) -> float:
+def data_path_once(datamodule, device: torch.device, warmup: int, steps: int, clock: str = "wall") -> float:
     """Images/s of the data path alone: loader + transfer + batched augmentation, no model."""
+    now = clock_function(clock)
     batches = cycle_batches(datamodule)
     started, count = 0.0, 0
     for index in range(warmup + steps):
         if index == warmup:
             _sync(device)
-            started = time.perf_counter()
+            started = now()
         images, labels = next(batches)
         images = datamodule.transform_batch(images.to(device, non_blocking=True), train=True)
         labels = labels.to(device, non_blocking=True)
         count += images.shape[0] if index >= warmup else 0
     _sync(device)
-    return count / (time.perf_counter() - started)
+    return count / (now() - started)
 
 
 # --- sections -------------------------------------------------------------------------------------
@@ -295,17 +313,17 @@ def overhead(case: Case, rounds: int, data_path: bool = False, data_steps: int =
     plain_options = Options(channels_last=case.channels_last, autocast=autocast)
     contenders: dict[str, Callable[[], float]] = {
         "ours": lambda: ours_once(case, used, datamodule)["images_per_s"],
-        "plain": lambda: PlainLoop(cfg, datamodule, device, plain_options).run(case.warmup, case.steps),
+        "plain": lambda: PlainLoop(cfg, datamodule, device, plain_options, case.clock).run(case.warmup, case.steps),
     }
     if data_path:
-        contenders["data"] = lambda: data_path_once(datamodule, device, min(case.warmup, 5), data_steps)
+        contenders["data"] = lambda: data_path_once(datamodule, device, min(case.warmup, 5), data_steps, case.clock)
     log(f"  {case.name}: {rounds} rounds of {', '.join(contenders)} ({case.warmup}+{case.steps} steps, "
         f"batch {case.batch_size})")
     samples = interleave(contenders, rounds)
     result: dict[str, Any] = {
         "case": case.name, "overrides": used, "batch_size": case.batch_size, "warmup": case.warmup,
         "steps": case.steps, "precision": case.precision, "channels_last": case.channels_last,
-        "device": device.type, "rounds": rounds, "samples_images_per_s": samples,
+        "device": device.type, "rounds": rounds, "clock": case.clock, "samples_images_per_s": samples,
         "ours_images_per_s": median(samples["ours"]), "plain_images_per_s": median(samples["plain"]),
         "ratio_ours_over_plain": ratio(samples["ours"], samples["plain"]),
         "ratio_of_medians_ours_over_plain": ratio_of_medians(samples["ours"], samples["plain"]),

@@ -187,6 +187,10 @@ def build_trainer(cfg: DictConfig, keep_through_epoch: int | None = None):
             continue
         extra = {"keep_through_epoch": keep_through_epoch} if name == "csv" else {}
         loggers.append(instantiate(logger_cfg, **extra))
-    return instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False,
-                       enable_progress_bar=interactive, enable_model_summary=not quiet,
-                       default_root_dir=cfg.paths.run_dir)
+    trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False,
+                          enable_progress_bar=interactive, enable_model_summary=not quiet,
+                          default_root_dir=cfg.paths.run_dir)
+    from experiments.training.pipeline import streamline
+
+    streamline(trainer)  # no per-step work that does nothing (idle callback hooks, profiler contexts)
+    return trainer

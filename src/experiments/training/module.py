@@ -4,6 +4,9 @@ Cross-entropy (optional label smoothing), auxiliary-classifier losses during tra
 accuracy from torchmetrics, and errors in percent as the papers report them. Optional adversarial training
 (``module.adversarial=fgsm|pgd``; the attack is in :mod:`experiments.training.adversarial`). Metrics are logged as
 tensors and reduced by Lightning at epoch end, so logging never forces a device sync per step.
+
+Per step the module adds to the plain loop only what its features need (issue 19): the epoch's loss and
+error sums, accumulated in place on the device, and one ``self.log`` every ``log_every_n_steps`` steps.
 """
 
 from __future__ import annotations
@@ -63,7 +66,8 @@ class ClassificationModule(pl.LightningModule):
         })
         self.best_val_err = math.inf
         self.channels_last = channels_last
-        self._train_sums: torch.Tensor | None = None
+        self._train_sums: torch.Tensor | None = None  # [loss sum, errors] of the epoch so far, on the device
+        self._train_count = 0  # samples in those sums (known on the host: no device value needed)
         # Adversarial training (experiments.training.adversarial): loss = (1 - w) clean + w adversarial.
         if adversarial is not None and adversarial not in ATTACKS:
             raise ValueError(f"module.adversarial={adversarial!r}: use one of {', '.join(ATTACKS)} or null")
@@ -74,6 +78,15 @@ class ClassificationModule(pl.LightningModule):
         self.input_bounds = (InputBounds(data_mean if data_mean is not None else [0.0],
                                          data_std if data_std is not None else [1.0])
                              if adversarial is not None else None)
+
+    def __setattr__(self, name: str, value) -> None:
+        # Lightning sets ``_current_fx_name`` before and after every hook it calls, some 40 times a step;
+        # nn.Module.__setattr__ (parameter/buffer/module bookkeeping) makes each ~1 us. It is a plain
+        # string attribute, never a parameter, buffer or submodule: store it directly.
+        if name == "_current_fx_name":
+            self.__dict__[name] = value
+        else:
+            super().__setattr__(name, value)
 
     def _layout(self, images: torch.Tensor) -> torch.Tensor:
         """NHWC inputs for a channels_last model, so its convolutions need no layout conversion.
@@ -119,17 +132,26 @@ class ClassificationModule(pl.LightningModule):
             loss, logits = self._adversarial_loss(images, targets)
         else:
             loss, logits = self.loss(self.model(self._layout(images)), targets)
-        # Epoch sums stay on the device (no sync, no self.log per step: each call costs ~0.2 ms,
-        # a visible share of a small model's step); they are logged once, on the epoch's last batch.
-        n = len(targets)
-        sums = torch.stack([loss.detach() * n, (logits.detach().argmax(dim=1) != targets).sum().float(),
-                            torch.tensor(float(n), device=loss.device)])
-        self._train_sums = sums if self._train_sums is None else self._train_sums + sums
-        if (self.global_step + 1) % max(1, self.trainer.log_every_n_steps) == 0:
+        self._accumulate(loss.detach(), logits.detach(), targets)
+        trainer = self.trainer
+        # Only on Lightning's logging steps: the logger reads the value on the host there (a device sync
+        # on a GPU), and a self.log call costs ~0.2 ms of Python, a visible share of a small model's step.
+        if (trainer.global_step + 1) % max(1, trainer.log_every_n_steps) == 0:
             self.log("train/loss_step", loss.detach(), on_step=True, on_epoch=False)
-        if self.trainer.fit_loop.epoch_loop.batch_progress.is_last_batch:
+        if trainer.fit_loop.epoch_loop.batch_progress.is_last_batch:
             self._log_train_epoch()
         return loss
+
+    def _accumulate(self, loss: torch.Tensor, logits: torch.Tensor, targets: torch.Tensor) -> None:
+        """Add the batch to the epoch's sums in place on the device (no sync, no new tensor but the error
+        count); they are logged once, on the epoch's last batch."""
+        n = len(targets)
+        if self._train_sums is None:
+            self._train_sums, self._train_count = torch.zeros(2, device=loss.device), 0
+        sums = self._train_sums
+        sums[0].add_(loss, alpha=n)
+        sums[1].add_(logits.argmax(dim=1).ne(targets).sum())
+        self._train_count += n
 
     def _adversarial_loss(self, images: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(1 - w) clean loss + w loss on the attacked batch (Goodfellow et al.'s mix; w = 1 is Madry et al.'s,
@@ -144,11 +166,16 @@ class ClassificationModule(pl.LightningModule):
         adv_loss, _ = self.loss(self.model(self._layout(adversarial)), targets)
         return (1 - w) * clean_loss + w * adv_loss, logits
 
+    def _epoch_sums(self) -> torch.Tensor:
+        """[loss sum, errors, samples] of the epoch so far (the checkpoint's and the reduction's format)."""
+        count = torch.tensor([float(self._train_count)], device=self._train_sums.device)
+        return torch.cat([self._train_sums, count])
+
     def _log_train_epoch(self) -> None:
         """Epoch mean loss and error rate (exact: sums over samples, reduced over processes)."""
         if self._train_sums is None:
             return
-        loss_sum, errors, count = self.trainer.strategy.reduce(self._train_sums, reduce_op="sum")
+        loss_sum, errors, count = self.trainer.strategy.reduce(self._epoch_sums(), reduce_op="sum")
         self._train_sums = None
         self.log("train/loss", loss_sum / count, on_step=False, on_epoch=True)
         self.log("train/err", 100 * errors / count, on_step=False, on_epoch=True)
@@ -208,9 +235,10 @@ class ClassificationModule(pl.LightningModule):
     # epoch stopped midway (so its train/loss and train/err still cover every batch after a resume).
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["best_val_err"] = self.best_val_err
-        checkpoint["train_epoch_sums"] = None if self._train_sums is None else self._train_sums.cpu()
+        checkpoint["train_epoch_sums"] = None if self._train_sums is None else self._epoch_sums().cpu()
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         self.best_val_err = float(checkpoint.get("best_val_err", math.inf))
         sums = checkpoint.get("train_epoch_sums")
-        self._train_sums = None if sums is None else sums.to(self.device)
+        self._train_sums = None if sums is None else sums[:2].to(self.device, torch.float32)
+        self._train_count = 0 if sums is None else round(float(sums[2]))
