@@ -11,8 +11,10 @@ so two maps compare), drawn over the window's centre.
 
 Larger images (``placement``): ``resize``, the test image enlarged ``scale`` times (what dense
 evaluation sees), or ``place``, the test image at its own size at a random spot (seeded) of a canvas
-``scale`` times larger filled with the dataset's mean colour, where the map should light up around the
-object: OverFeat's reading of the score map as localisation. A network ending in global average
+``scale`` times larger, filled with the colour of the image's own border (the mean of its outermost
+pixels, per channel: black around a Fashion-MNIST item), so the image's edge draws no frame for the
+network to see; there the true class's map should light up around the object: OverFeat's reading of
+the score map as localisation. A network ending in global average
 pooling (ResNet, ...) is already convolutional; its map is the score of each position of its last
 feature map (the class activation map of Zhou et al. 2016, plus the bias), centred on the positions.
 """
@@ -28,17 +30,24 @@ from experiments.analysis.common import AnalysisContext, Count, analysis_mode, t
 from experiments.evaluation.dense import CONVERTED, DenseScorer, dense_scorer
 
 
-def enlarge(display: torch.Tensor, size: int, placement: str, fill: torch.Tensor,
+def border_colour(display: torch.Tensor) -> torch.Tensor:
+    """``(N, C)``: the mean of each image's outermost rows and columns, per channel."""
+    edges = torch.cat([display[..., 0, :], display[..., -1, :], display[..., :, 0], display[..., :, -1]], dim=-1)
+    return edges.mean(dim=-1)
+
+
+def enlarge(display: torch.Tensor, size: int, placement: str,
             seed: int = 0) -> tuple[torch.Tensor, list[tuple[int, int]]]:
     """[0, 1] images ``(N, C, S, S)`` as ``(N, C, size, size)``: resized, or placed at a seeded random
-    (top, left) on a ``fill``-coloured canvas; also the (top, left) of each image (0, 0 when resized)."""
+    (top, left) on a canvas of the image's border colour; also the (top, left) of each image (0, 0 when
+    resized)."""
     from torchvision.transforms.v2 import functional as TF
 
     if placement == "resize":
         big = TF.resize(display, [size, size], interpolation=TF.InterpolationMode.BILINEAR, antialias=True)
         return big.clamp(0, 1), [(0, 0)] * len(display)
     n, c, h, w = display.shape
-    canvas = fill.view(1, c, 1, 1).expand(n, c, size, size).clone()
+    canvas = border_colour(display).view(n, c, 1, 1).expand(n, c, size, size).clone()
     generator = torch.Generator().manual_seed(seed)
     corners = []
     for k in range(n):
@@ -78,7 +87,7 @@ def run(ctx: AnalysisContext, num_images: Count = 4, scale: Annotated[float, Ge(
     _, display, labels = ctx.images(num_images, split)
     size = max(native, round(native * float(scale)))
     mean, std = ctx.mean_std(display)
-    big, corners = enlarge(display, size, placement, mean.flatten(), seed)
+    big, corners = enlarge(display, size, placement, seed)
     with analysis_mode(ctx.model), torch.no_grad():
         maps = scorer.score_maps((big - mean) / std).float()
     probability_maps = maps.softmax(dim=1)
