@@ -274,3 +274,37 @@ def test_the_class_heatmap_analysis_on_a_trained_run(lenet_run):
     for image in figures["images"]:  # peaks are window centres: 15.5 + 4k
         assert all((value - 15.5) % 4 == 0 and 15.5 <= value <= 31.5 for value in image["label_peak"])
     assert (lenet_run / record["files"][0]).stat().st_size > 1000
+
+
+def test_image_folder_images_are_dense_evaluated_at_their_own_aspect(tmp_path):
+    """Image folders: each decoded image, whatever its size, gets shorter side Q; a constant-colour image
+    gives every window the same scores, so the dense posterior is the network's on a constant 16x16 view."""
+    from types import SimpleNamespace
+
+    from PIL import Image
+
+    from data.imagefolder import ImageFolderDataModule
+    from experiments.evaluation.dense import DenseSettings, DenseView
+
+    colours = {"cat": (200, 30, 90), "dog": (10, 250, 120)}
+    for split in ("train", "val"):
+        for label, colour in colours.items():
+            (tmp_path / split / label).mkdir(parents=True)
+            for i in range(2):
+                Image.new("RGB", (13 + 9 * i, 10), colour).save(tmp_path / split / label / f"{i}.png")
+    dm = ImageFolderDataModule(str(tmp_path), image_size=16, num_workers=0, val_size=0, eval_batch_size=3)
+    dm.setup()
+    torch.manual_seed(0)
+    model = LeNet5(in_channels=3, num_classes=2, input_size=16, activation="relu").eval()
+    cfg = OmegaConf.create({"data": {"image_size": 16, "in_channels": 3},
+                            "trainer": {"accelerator": "cpu", "precision": "32-true"}})
+    trained = SimpleNamespace(model=model, cfg=cfg, datamodule=dm, run_dir=tmp_path)
+    view = DenseView(DenseSettings(size=24))
+    labels, probs = view.probabilities(trained, "folder run")
+    assert view.members[0]["conversion"] == CONVERTED and view.members[0]["side"] == 24
+    mean, std = torch.tensor(list(dm.mean)).view(1, 3, 1, 1), torch.tensor(list(dm.std)).view(1, 3, 1, 1)
+    for label, p in zip(labels.tolist(), probs):
+        colour = torch.tensor(colours[dm.classes[label]], dtype=torch.float32).view(1, 3, 1, 1) / 255
+        with torch.no_grad():
+            expected = model(((colour - mean) / std).expand(1, 3, 16, 16)).double().softmax(1)[0]
+        torch.testing.assert_close(p, expected, atol=1e-5, rtol=0)
