@@ -198,3 +198,18 @@ def test_the_probe_sees_a_read_per_step(tmp_path):
     report = probe.report()
     assert report["steps"] == 6 and report["by_step"] == {str(s): 1 for s in range(2, 8)}
     assert report["reads_per_step_outside_scheduled"] == 1 and report["by_method"] == {"__float__": 1 * 6}
+
+
+def test_the_progress_bar_is_redrawn_by_time_not_per_batch(tmp_path):
+    from experiments.training.pipeline import ThrottledRichProgressBar
+
+    bar = ThrottledRichProgressBar(interval=3600)
+    drawn = []
+    original = bar._update_metrics
+    bar._update_metrics = lambda trainer, module: (drawn.append(trainer.global_step), original(trainer, module))
+    trainer = _trainer(tmp_path, [bar], enable_progress_bar=True, max_steps=-1, max_epochs=2, limit_train_batches=5,
+                       enable_checkpointing=False)
+    trainer.fit(Tiny(), _loader())
+    # The run's first batch (nothing drawn for an hour before) and every epoch's last batch (the bar ends
+    # complete); on_train_epoch_end draws the metrics once more, as in Lightning's bar.
+    assert drawn == [1, 5, 5, 10, 10]

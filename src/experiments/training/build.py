@@ -163,7 +163,6 @@ def build_trainer(cfg: DictConfig, keep_through_epoch: int | None = None):
     import sys
 
     from hydra.utils import instantiate
-    from pytorch_lightning.callbacks import RichProgressBar
 
     from callbacks.epoch_seed import EpochSeed
     from experiments.core import runs
@@ -180,7 +179,9 @@ def build_trainer(cfg: DictConfig, keep_through_epoch: int | None = None):
         callbacks = [c for c in callbacks if type(c).__name__ != "EpochLine"]
     interactive = sys.stdout.isatty() and not quiet
     if interactive:
-        callbacks.append(RichProgressBar(leave=False))
+        from experiments.training.pipeline import ThrottledRichProgressBar
+
+        callbacks.append(ThrottledRichProgressBar(leave=False))  # redrawn every 0.2 s, not every batch
     loggers = []
     for name, logger_cfg in (cfg.get("logger") or {}).items():
         if logger_cfg is None:
