@@ -121,7 +121,7 @@ def time_point(model: ZooModel, rounds: int, warmup: int, budget_per_pass: float
     from experiments.training.build import build_model
 
     torch.manual_seed(0)
-    network = build_model(model.cfg.model, model.input_shape)
+    network = build_model(model.cfg.model)  # no input check: the count on the meta device made it
     channels = model.input_shape[0]
     single = time_forward(network, 1, model.input_size, channels, warmup, rounds)
     batched = time_within_budget(network, BATCHES[1], model.input_size, single.median_s, budget_per_pass,
@@ -139,7 +139,7 @@ def build_at_size(model: ZooModel, size: int):
     cfg = model.cfg.copy()
     cfg.data.image_size = size
     try:
-        return build_model(cfg.model, (model.input_shape[0], size, size))
+        return build_model(cfg.model)
     except UserError as error:
         raise ValueError(str(error)) from None
 
@@ -209,6 +209,30 @@ def render(points: list[dict[str, Any]], meta: dict[str, Any], console=None) -> 
         console.print("* built for that input size: the paper's convolutions, the first FC layer taking the smaller map")
 
 
+def profile_all(models: list[ZooModel], named: set[str], log) -> tuple[list[dict[str, Any]], list[ZooModel], list[dict]]:
+    """The points of ``models``, the models kept, and those left out. A config that does not build
+    (another engineer's work in progress) is left out of a map of everything, with its reason printed
+    and recorded, rather than stopping the map; a model the user named is still refused."""
+    from experiments.core.errors import user_error_types
+
+    points, kept, left_out = [], [], []
+    for index, model in enumerate(models, 1):
+        log(f"[{index}/{len(models)}] {model.name}: counting at {model.input_size}x{model.input_size}")
+        try:
+            points.append(profile_point(model))
+        except user_error_types() as error:
+            if model.name in named or len(models) == 1:
+                raise
+            left_out.append({"model": model.name, "reason": " ".join(str(error).split())})
+            log(f"    left out: {left_out[-1]['reason']}")
+            continue
+        kept.append(model)
+    if not kept:
+        raise UserError(MODELS_OPTION, ",".join(m.name for m in models), "picks no config that builds.",
+                        f"See the reasons above; fix the configs or choose others with {MODELS_OPTION}.")
+    return points, kept, left_out
+
+
 def run(argv: list[str]) -> int:
     """Parse, select, measure, then write and print; returns the exit status."""
     from experiments.core.output_folders import check_can_create, new_folder
@@ -218,14 +242,11 @@ def run(argv: list[str]) -> int:
     models = select(args.models)
     log = lambda text: print(text, file=sys.stderr, flush=True)  # noqa: E731 - progress of a minutes-long command
     started = time.time()
-    points = []
-    for index, model in enumerate(models, 1):
-        log(f"[{index}/{len(models)}] {model.name}: counting at {model.input_size}x{model.input_size}")
-        points.append(profile_point(model))
+    points, models, left_out = profile_all(models, named=set(args.models or ()), log=log)
     meta: dict[str, Any] = {"command": " ".join([PROG, *argv]),
                             "settings": {"rounds": args.rounds, "warmup": args.warmup, "budget_s": args.budget,
                                          "batches": list(BATCHES), "timing": not args.no_timing},
-                            "machine": None}
+                            "machine": None, "left_out": left_out}
     if not args.no_timing:
         import torch
 
@@ -242,5 +263,7 @@ def run(argv: list[str]) -> int:
     folder = new_folder(args.out, time.strftime("%Y-%m-%d_%H-%M-%S"))
     paths = write(folder, points, meta)
     render(points, meta)
+    for entry in left_out:
+        print(f"left out: {entry['model']} ({entry['reason']})")
     print(f"written: {', '.join(str(p) for p in paths)}  ({meta['seconds']:.0f} s)")
     return 0
