@@ -94,9 +94,15 @@ def test_quick_benchmark_reports_the_per_step_overhead(quick_run):
     for name in contenders[1:]:
         assert f"steps/over_plain_us/{name}" in payload["step_figures"]
     breakdown = steps["breakdown"]
-    assert list(breakdown["categories"]) == contenders[1:]
+    assert list(breakdown["categories"]) == contenders
+    assert breakdown["categories"]["plain"]["Lightning hooks (module, strategy, datamodule)"] == 0
     assert breakdown["categories"]["lightning"]["our callbacks"] == 0  # the bare Trainer has none
     assert set(breakdown["over_lightning_us"]) == set(contenders[2:])
+    counted = steps["counts"]
+    assert set(counted["python_calls_per_step"]) == set(contenders) == set(counted["torch_ops_per_step"])
+    # Counts, not times: the framework makes more Python calls per step than the plain loop, never fewer.
+    assert all(counted["python_calls_per_step"][name] > counted["python_calls_per_step"]["plain"]
+               for name in contenders[1:])
     assert steps["sync_probe"]["scheduled_steps"] == [49]
     assert steps["sync_probe"]["reads_per_step_outside_scheduled"] == 0
     assert "where a step's time goes" in result.stdout and "bare Lightning" in result.stdout
@@ -107,3 +113,17 @@ def test_gpu_suite_without_gpu_says_so_in_one_line():
     result = run_cli("experiments.benchmark", "suite=gpu", cwd=REPO, timeout=60)
     assert result.returncode == 2
     assert result.stderr.strip().count("\n") == 0 and "suite=gpu needs a CUDA GPU" in result.stderr
+
+
+@pytest.mark.parametrize("override, words", [
+    ("cpu.steps.clock=sundial", ["cpu.steps.clock", "sundial", "process"]),
+    ("cpu.steps.long_steps=100", ["cpu.steps.long_steps=100", "above short_steps"]),
+    ("cpu.steps.callbacks=[nonsense]", ["cpu.steps.callbacks", "nonsense", "conf/callbacks"]),
+    ("suite=tpu", ["suite='tpu'", "suite=cpu"]),
+])
+def test_a_bad_setting_is_refused_before_anything_runs(tmp_path, override, words):
+    from tests.conftest import assert_refused
+
+    result = run_cli("experiments.benchmark", override, f"output_dir={tmp_path / 'out'}", cwd=REPO, timeout=120)
+    assert_refused(result, words)
+    assert not (tmp_path / "out").exists()

@@ -131,20 +131,21 @@ class StepBreakdown(Profiler):
 
 
 class BreakdownWindow(pl.Callback):
-    """Arms the trainer's :class:`StepBreakdown` for steps ``start_step`` .. ``start_step + steps``.
+    """Arms the trainer's :class:`StepBreakdown` (or ``target``: anything with ``arm()`` and
+    ``disarm(steps)``) for steps ``start_step`` .. ``start_step + steps``.
 
     Arming and disarming both happen in ``on_train_batch_start``, so whatever runs before this callback
     in that hook is left out of the first step and counted in the step after the last: exactly
     ``steps`` steps of everything are recorded (the run needs ``max_steps >= start_step + steps + 1``).
     """
 
-    def __init__(self, start_step: int, steps: int) -> None:
-        self.start_step, self.steps = int(start_step), int(steps)
+    def __init__(self, start_step: int, steps: int, target: Any = None) -> None:
+        self.start_step, self.steps, self.target = int(start_step), int(steps), target
 
     def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any,
                              batch_idx: int) -> None:
-        profiler = trainer.profiler
-        if not isinstance(profiler, StepBreakdown):
+        profiler = self.target if self.target is not None else trainer.profiler
+        if not hasattr(profiler, "arm"):
             return
         if trainer.global_step == self.start_step:
             profiler.arm()
@@ -158,12 +159,17 @@ def instrument(trainer: pl.Trainer, module: pl.LightningModule, network) -> None
     Instance attributes shadow the methods for this one run (nothing is patched on the classes).
     """
     profiler = trainer.profiler
-    network.register_forward_pre_hook(lambda *_: profiler.start(FORWARD))
-    network.register_forward_hook(lambda *_: profiler.stop(FORWARD))
+    instrument_forward(profiler, network)
     _wrap(module, "log", LOGGING + "LightningModule.log", profiler)
     connector = trainer._logger_connector
     for name in ("on_batch_start", "on_batch_end", "update_train_step_metrics"):
         _wrap(connector, name, LOGGING + "logger connector", profiler)
+
+
+def instrument_forward(profiler: Profiler, network) -> None:
+    """The network's forward pass as its own action."""
+    network.register_forward_pre_hook(lambda *_: profiler.start(FORWARD))
+    network.register_forward_hook(lambda *_: profiler.stop(FORWARD))
 
 
 def _wrap(owner: Any, name: str, action: str, profiler: Profiler) -> None:
@@ -228,6 +234,6 @@ def _category(action: str, callback_kinds: dict[str, str | None]) -> str | None:
         return "backward"
     if hook in ("optimizer_step", "optimizer_zero_grad"):
         return "optimizer step + zero_grad"
-    if action == "run_training_batch":
+    if action == "run_training_batch":  # (the plain loop's own Python is in the window's rest too)
         return "Lightning loop (closure, progress, dispatch)"
     return "Lightning hooks (module, strategy, datamodule)"

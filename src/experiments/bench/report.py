@@ -92,6 +92,11 @@ def step_rows(steps: dict[str, Any] | None) -> list[Row]:
                     _verdict(diff["median"], target, False) if target else ""))
     for name, diff in steps["over_plain_us"].items():
         out.append(("6 steps", f"{name} - plain loop (us per step)", f"{diff['median']:+.0f}", "", ""))
+    counted = steps.get("counts")
+    if counted:
+        for name, calls in counted["python_calls_per_step"].items():
+            out.append(("6 steps", f"{name}: Python calls / torch operators per step (counted)",
+                        f"{calls:.0f} / {counted['torch_ops_per_step'][name]:.0f}", "", ""))
     probe = steps.get("sync_probe")
     if probe:
         outside = probe["reads_per_step_outside_scheduled"]
@@ -113,22 +118,28 @@ def print_steps(steps: dict[str, Any], console=None) -> None:
 
     console = console or Console(width=None if sys.stdout.isatty() else 160)
     names = list(breakdown["categories"])
-    table = Table(title=f"where a step's time goes (us per step, profiled run of {breakdown['steps']} steps; the "
-                        f"profiler's own {breakdown['profiler_cost_us_per_call']:.1f} us per action taken out)",
-                  title_justify="left")
+    over = breakdown.get("over_lightning_us", {})
+    lightning = breakdown.get("lightning_over_plain_us")
+    table = Table(title=f"where a step's time goes (us per step: median of {breakdown['rounds']} profiled runs of "
+                        f"{breakdown['steps']} steps; the profiler's own {breakdown['profiler_cost_us_per_call']:.1f} "
+                        "us per action taken out)", title_justify="left")
     table.add_column("category")
     for name in names:
         table.add_column(name.replace("callbacks=", ""), justify="right")
-    for name in names[1:]:
-        table.add_column(f"{name.replace('callbacks=', '')} - bare", justify="right")
-    over = breakdown.get("over_lightning_us", {})
+    if lightning is not None:
+        table.add_column("lightning - plain", justify="right")
+    for name in over:
+        table.add_column(f"{name.replace('callbacks=', '')} - lightning", justify="right")
+    steps = breakdown["profiled_us_per_step"]
     for category in breakdown["categories"][names[0]]:
         cells = [f"{breakdown['categories'][n][category]:.1f}" for n in names]
-        cells += [f"{over[n][category]:+.1f}" if n in over else "" for n in names[1:]]
+        cells += [f"{lightning[category]:+.1f}"] if lightning is not None else []
+        cells += [f"{over[n][category]:+.1f}" for n in over]
         table.add_row(category, *cells)
-    table.add_row("[b]step[/b]", *[f"{breakdown['profiled_us_per_step'][n]:.1f}" for n in names],
-                  *[f"{breakdown['profiled_us_per_step'][n] - breakdown['profiled_us_per_step'][names[0]]:+.1f}"
-                    for n in names[1:]])
+    totals = [f"{steps[n]:.1f}" for n in names]
+    totals += [f"{steps['lightning'] - steps['plain']:+.1f}"] if lightning is not None else []
+    totals += [f"{steps[n] - steps['lightning']:+.1f}" for n in over]
+    table.add_row("[b]step[/b]", *totals)
     console.print(table)
 
 
@@ -175,6 +186,8 @@ def step_figures(results: dict[str, Any]) -> dict[str, float]:
     flat.update({f"steps/over_plain_us/{name}": d["median"] for name, d in steps["over_plain_us"].items()})
     if steps.get("sync_probe"):
         flat["steps/host_reads_per_step_outside_scheduled"] = steps["sync_probe"]["reads_per_step_outside_scheduled"]
+    for kind in ("python_calls_per_step", "torch_ops_per_step"):
+        flat.update({f"steps/{kind}/{name}": value for name, value in (steps.get("counts") or {}).get(kind, {}).items()})
     return flat
 
 

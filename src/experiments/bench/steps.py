@@ -53,15 +53,54 @@ class StepCase:
     breakdown_steps: int = 300   # steps profiled per contender and round (0: no breakdown)
     breakdown_rounds: int = 3    # profiled runs per contender (medians)
     probe_window: int = 60       # steps probed for host reads with callbacks=diagnostics (0: none)
+    count_steps: int = 50        # steps in which Python calls and torch operators are counted (0: none)
     clock: str = "process"       # process (CPU time) or wall
     gpu: bool = False
 
     @classmethod
-    def from_cfg(cls, cfg: Any, gpu: bool = False) -> StepCase:
+    def from_cfg(cls, cfg: Any, gpu: bool = False, key: str = "steps") -> StepCase:
+        """The case of a config node, every setting checked (a mistake names ``key.<setting>``)."""
+        import dataclasses
+
         from omegaconf import OmegaConf
 
+        from experiments.core.errors import UserError
+
         plain = OmegaConf.to_container(cfg, resolve=True) if not isinstance(cfg, dict) else dict(cfg)
-        return cls(**{**plain, "gpu": gpu})
+        known = {f.name for f in dataclasses.fields(cls)} - {"gpu"}
+        for name in plain:
+            if name not in known:
+                raise UserError(f"{key}.{name}", plain[name], "is not a setting of the steps section.",
+                                f"Use {', '.join(sorted(known))}.")
+        case = cls(**{**plain, "gpu": gpu})
+        case.check(key)
+        return case
+
+    def check(self, key: str = "steps") -> None:
+        from experiments.core.errors import UserError
+
+        if self.clock not in ("process", "wall"):
+            raise UserError(f"{key}.clock", self.clock, "is not a clock.", "Use process (CPU time) or wall.")
+        for name in ("batch_size", "short_steps", "rounds"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise UserError(f"{key}.{name}", value, "must be a positive integer.", f"Set e.g. {key}.{name}=5.")
+        if isinstance(self.long_steps, bool) or not isinstance(self.long_steps, int) or self.long_steps <= self.short_steps:
+            raise UserError(f"{key}.long_steps", self.long_steps, f"must be an integer above short_steps "
+                            f"({self.short_steps}): the difference is what is timed.",
+                            f"Set e.g. {key}.long_steps={self.short_steps * 6}.")
+        for name in ("breakdown_steps", "breakdown_rounds", "probe_window", "count_steps"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise UserError(f"{key}.{name}", value, "must be an integer >= 0 (0 turns it off).",
+                                f"Set e.g. {key}.{name}=0.")
+        from experiments.core.locations import CONF_DIR
+
+        unknown = [c for c in self.callbacks if not (CONF_DIR / "callbacks" / f"{c}.yaml").is_file()]
+        if not self.callbacks or unknown:
+            raise UserError(f"{key}.callbacks", self.callbacks, f"names no callback set{'' if self.callbacks else 's'}"
+                            f"{': ' + ', '.join(unknown) if unknown else ''} (conf/callbacks/).",
+                            "Use e.g. [none,default,diagnostics].")
 
     @property
     def device(self) -> torch.device:
@@ -70,7 +109,8 @@ class StepCase:
     @property
     def most_steps(self) -> int:
         """The longest run: timed, profiled (after ``WARMUP`` steps) or probed."""
-        return max(self.long_steps, WARMUP + self.breakdown_steps + 1, WARMUP + self.probe_window + 1)
+        return max(self.long_steps, WARMUP + self.breakdown_steps + 1, WARMUP + self.probe_window + 1,
+                   WARMUP + self.count_steps + 1)
 
     def run_overrides(self, steps: int) -> list[str]:
         """The training config of a run of ``steps`` steps, all inside one epoch (no validation)."""
@@ -231,7 +271,9 @@ def step_overhead(case: StepCase, log: Callable[[str], None] = print) -> dict[st
         result["over_plain_us"][name] = _paired(samples[name], samples[PLAIN])
     result["over_plain_us"][LIGHTNING] = _paired(samples[LIGHTNING], samples[PLAIN])
     if case.breakdown_steps:
-        result["breakdown"] = breakdown(contenders, names[1:], log=log)
+        result["breakdown"] = breakdown(contenders, names, log=log)
+    if case.count_steps:
+        result["counts"] = counts(contenders, names, log=log)
     if case.probe_window and "diagnostics" in case.callbacks:
         result["sync_probe"] = probe(contenders, "callbacks=diagnostics", case.probe_window, log=log)
     return result
@@ -268,7 +310,10 @@ def breakdown(contenders: Contenders, names: Sequence[str], log: Callable[[str],
     base = out["categories"].get(LIGHTNING)
     if base is not None:
         out["over_lightning_us"] = {name: {k: v - base[k] for k, v in cats.items()}
-                                    for name, cats in out["categories"].items() if name != LIGHTNING}
+                                    for name, cats in out["categories"].items() if name not in (PLAIN, LIGHTNING)}
+    plain = out["categories"].get(PLAIN)
+    if plain is not None and base is not None:
+        out["lightning_over_plain_us"] = {k: v - plain[k] for k, v in base.items()}
     return out
 
 
@@ -282,6 +327,9 @@ def _profiled_run(contenders: Contenders, name: str) -> tuple[dict[str, float], 
     clock = time.process_time if case.clock == "process" else time.perf_counter
     profiler = StepBreakdown(clock)
     window = BreakdownWindow(WARMUP, case.breakdown_steps)
+    if name == PLAIN:
+        _plain_profiled(contenders, profiler, total)
+        return profiler.per_step_us(), profiler.step_us(), [], profiler.cost
     if name == LIGHTNING:
         trainer = contenders._bare(total, [window], profiler)
     else:
@@ -294,6 +342,83 @@ def _profiled_run(contenders: Contenders, name: str) -> tuple[dict[str, float], 
 
         trainer = contenders._ours(cfg, prepare)
     return profiler.per_step_us(), profiler.step_us(), list(trainer.callbacks), profiler.cost
+
+
+def counts(contenders: Contenders, names: Sequence[str], log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Python calls and torch operator calls per step of each contender (exact counts, see
+    :mod:`experiments.bench.counts`), over ``count_steps`` steps after the warm-up."""
+    from experiments.bench.breakdown import BreakdownWindow
+    from experiments.bench.counts import CallCounter
+
+    case = contenders.case
+    steps, total = case.count_steps, WARMUP + case.count_steps + 1
+    log(f"  counts: Python calls and torch operators in {steps} steps of each contender")
+    out: dict[str, Any] = {"steps": steps, "python_calls_per_step": {}, "torch_ops_per_step": {}}
+    for name in names:
+        for what in ("python", "torch"):
+            counter = CallCounter(what)
+            window = BreakdownWindow(WARMUP, steps, target=counter)
+            if name == PLAIN:
+                _plain_counted(contenders, counter, total, steps)
+            elif name == LIGHTNING:
+                contenders._bare(total, [window])
+            else:
+                cfg = compose_train([*case.run_overrides(total), f"callbacks={name.split('=', 1)[1]}", "quiet=false"])
+                contenders._ours(cfg, lambda trainer, module, window=window: trainer.callbacks.insert(0, window))
+            out[f"{what}_calls_per_step" if what == "python" else "torch_ops_per_step"][name] = counter.per_step()
+    return out
+
+
+def _plain_counted(contenders: Contenders, counter, total: int, steps: int) -> None:
+    """:class:`~experiments.bench.training.PlainLoop`'s own loop (as it is timed), counted for ``steps`` steps."""
+    from experiments.bench.training import PlainLoop, cycle_batches
+
+    case, datamodule = contenders.case, contenders.datamodule
+    loop = PlainLoop(contenders.config(total), datamodule, case.device)
+    batches = cycle_batches(datamodule)
+    for index in range(total):
+        if index == WARMUP:
+            counter.arm()
+        elif index == WARMUP + steps:
+            counter.disarm(steps)
+        images, labels = next(batches)
+        images = images.to(case.device, non_blocking=True)
+        labels = labels.to(case.device, non_blocking=True)
+        loop._step(datamodule.transform_batch(images, train=True), labels)
+
+
+def _plain_profiled(contenders: Contenders, profiler, total: int) -> None:
+    """The plain loop of :class:`~experiments.bench.training.PlainLoop`, each piece under the profiler with
+    the name of the Lightning action doing the same work (so both land in the same categories)."""
+    from experiments.bench.breakdown import instrument_forward
+    from experiments.bench.training import PlainLoop, cycle_batches
+
+    case = contenders.case
+    steps = case.breakdown_steps
+    loop = PlainLoop(contenders.config(total), contenders.datamodule, case.device)
+    instrument_forward(profiler, loop.model)
+    batches = cycle_batches(contenders.datamodule)
+    for index in range(total):
+        if index == WARMUP:
+            profiler.arm()
+        elif index == WARMUP + steps:
+            profiler.disarm(steps)
+        with profiler.profile("[plain]train_dataloader_next"):
+            images, labels = next(batches)
+        with profiler.profile("[plain]loop.on_after_batch_transfer"):
+            images = images.to(case.device, non_blocking=True)
+            labels = labels.to(case.device, non_blocking=True)
+            images = contenders.datamodule.transform_batch(images, train=True)
+        with profiler.profile("[plain]loop.training_step"):
+            loss = F.cross_entropy(loop.model(images), labels)
+        with profiler.profile("[plain]loop.optimizer_zero_grad"):
+            loop.optimizer.zero_grad(set_to_none=True)
+        with profiler.profile("[plain]loop.backward"):
+            loss.backward()
+        with profiler.profile("[plain]loop.optimizer_step"):
+            loop.optimizer.step()
+            if loop.scheduler is not None:
+                loop.scheduler.step()
 
 
 def probe(contenders: Contenders, name: str, window: int, log: Callable[[str], None] = print) -> dict[str, Any]:

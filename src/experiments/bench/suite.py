@@ -37,17 +37,30 @@ def parse(argv: list[str]) -> list[str]:
 def load_config(overrides: list[str]):
     """``conf/benchmark.yaml`` with overrides; with ``quick=true`` the quick block replaces the suite's."""
     from hydra import compose, initialize_config_dir
+    from hydra.errors import HydraException
     from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
 
     from experiments.bench.common import CONF
+    from experiments.core.errors import UserError
 
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        cfg = compose(config_name="benchmark", overrides=overrides)
+    try:
+        with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+            cfg = compose(config_name="benchmark", overrides=overrides)
+    except (HydraException, OmegaConfBaseException) as error:
+        detail = " ".join(str(error).split())
+        raise UserError("overrides", " ".join(overrides), f"do not fit conf/benchmark.yaml ({detail}).",
+                        "Check the key names there; quote list items that contain '=' "
+                        '(cpu.steps.overrides=["model=linear"]).') from None
     if cfg.suite not in ("cpu", "gpu"):
-        raise SystemExit(f"benchmark: suite={cfg.suite!r} is not a suite; use suite=cpu or suite=gpu.")
+        raise UserError("suite", cfg.suite, "is not a suite.", "Use suite=cpu or suite=gpu.")
     suite = cfg[cfg.suite]
     if cfg.quick:
         suite = OmegaConf.merge(suite, cfg.quick_settings)
+    if "steps" in cfg.sections:  # checked now, not after the other sections have run for minutes
+        from experiments.bench.steps import StepCase
+
+        StepCase.from_cfg(suite.steps, key=f"{cfg.suite}.steps")
     return cfg, suite
 
 
@@ -136,6 +149,12 @@ def _json_subprocess(args: list[str], cwd: Path) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from experiments.core.errors import exits_cleanly_on_user_error
+
+    return exits_cleanly_on_user_error(_main)(argv)
+
+
+def _main(argv: list[str] | None = None) -> int:
     overrides = parse(sys.argv[1:] if argv is None else argv)
     cfg, suite = load_config(overrides)
     import torch

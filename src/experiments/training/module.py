@@ -11,6 +11,7 @@ error sums, accumulated in place on the device, and one ``self.log`` every ``log
 
 from __future__ import annotations
 
+import inspect
 import math
 from collections.abc import Mapping, Sequence
 
@@ -68,6 +69,7 @@ class ClassificationModule(pl.LightningModule):
         self.channels_last = channels_last
         self._train_sums: torch.Tensor | None = None  # [loss sum, errors] of the epoch so far, on the device
         self._train_count = 0  # samples in those sums (known on the host: no device value needed)
+        self._sum_views: tuple[torch.Tensor, ...] = ()
         # Adversarial training (experiments.training.adversarial): loss = (1 - w) clean + w adversarial.
         if adversarial is not None and adversarial not in ATTACKS:
             raise ValueError(f"module.adversarial={adversarial!r}: use one of {', '.join(ATTACKS)} or null")
@@ -148,9 +150,10 @@ class ClassificationModule(pl.LightningModule):
         n = len(targets)
         if self._train_sums is None:
             self._train_sums, self._train_count = torch.zeros(2, device=loss.device), 0
-        sums = self._train_sums
-        sums[0].add_(loss, alpha=n)
-        sums[1].add_(logits.argmax(dim=1).ne(targets).sum())
+            self._sum_views = self._train_sums.unbind()  # (loss sum, errors): views made once, not per step
+        loss_sum, errors = self._sum_views
+        loss_sum.add_(loss, alpha=n)
+        errors.add_(logits.argmax(dim=1).ne(targets).sum())
         self._train_count += n
 
     def _adversarial_loss(self, images: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -241,4 +244,10 @@ class ClassificationModule(pl.LightningModule):
         self.best_val_err = float(checkpoint.get("best_val_err", math.inf))
         sums = checkpoint.get("train_epoch_sums")
         self._train_sums = None if sums is None else sums[:2].to(self.device, torch.float32)
+        self._sum_views = () if sums is None else self._train_sums.unbind()
         self._train_count = 0 if sums is None else round(float(sums[2]))
+
+
+# Lightning asks inspect for training_step's signature at every step (does it take batch_idx?), ~8 us of
+# Python each time; a function's ``__signature__`` is what inspect returns first, so compute it once.
+ClassificationModule.training_step.__signature__ = inspect.signature(ClassificationModule.training_step)
