@@ -15,7 +15,7 @@ import torch
 from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint
 
 from experiments.bench.breakdown import CATEGORIES, StepBreakdown, categorize
-from experiments.training.pipeline import NoProfiler, streamline
+from experiments.training.lean_trainer import NoProfiler, streamline
 
 
 class FakeClock:
@@ -201,7 +201,7 @@ def test_the_probe_sees_a_read_per_step(tmp_path):
 
 
 def test_the_progress_bar_is_redrawn_by_time_not_per_batch(tmp_path):
-    from experiments.training.pipeline import ThrottledRichProgressBar
+    from experiments.training.lean_trainer import ThrottledRichProgressBar
 
     bar = ThrottledRichProgressBar(interval=3600)
     drawn = []

@@ -31,11 +31,11 @@ class StepTimer(pl.Callback):
     The clock starts at ``on_train_batch_start`` of global step ``start_step`` (after that batch was
     fetched and augmented) and stops at every ``on_train_batch_end``; the plain loop in
     :mod:`experiments.bench.training` uses exactly the same window, and the same ``clock``
-    (``wall`` or ``process``, see :func:`experiments.bench.training.clock_function`).
+    (``wall`` or ``process``, see :func:`experiments.bench.common.clock_function`).
     """
 
     def __init__(self, start_step: int = 0, clock: str = "wall") -> None:
-        from experiments.bench.training import clock_function
+        from experiments.bench.common import clock_function
 
         self.start_step = int(start_step)
         self.clock = clock_function(clock)

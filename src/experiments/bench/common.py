@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import platform
 import statistics
+import time
 from collections.abc import Callable, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -113,3 +114,14 @@ def machine_facts() -> dict[str, Any]:
         facts["gpu"] = {"name": props.name, "memory_gib": round(props.total_memory / 2**30, 1),
                         "cuda": torch.version.cuda, "cudnn": torch.backends.cudnn.version()}
     return facts
+
+
+def clock_function(name: str):
+    """``time.perf_counter`` for ``wall``, ``time.process_time`` for ``process``.
+
+    With one thread (``cpu.threads: 1``) the process's CPU time is the step's own work: on a core shared
+    with other jobs the wall clock also counts the time they took, the process clock does not.
+    """
+    if name not in ("wall", "process"):
+        raise ValueError(f"clock={name!r}: use wall or process")
+    return time.perf_counter if name == "wall" else time.process_time

@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from experiments.bench.common import (
+    clock_function,
     compose_train,
     interleave,
     median,
@@ -81,17 +82,6 @@ def to_channels_last(model: nn.Module) -> nn.Module:
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-
-
-def clock_function(name: str):
-    """``time.perf_counter`` for ``wall``, ``time.process_time`` for ``process``.
-
-    With one thread (``cpu.threads: 1``) the process's CPU time is the step's own work: on a core shared
-    with other jobs the wall clock also counts the time they took, the process clock does not.
-    """
-    if name not in ("wall", "process"):
-        raise ValueError(f"clock={name!r}: use wall or process")
-    return time.perf_counter if name == "wall" else time.process_time
 
 
 def prepare(case: Case) -> tuple[Any, Any, list[str]]:

@@ -179,7 +179,7 @@ def build_trainer(cfg: DictConfig, keep_through_epoch: int | None = None):
         callbacks = [c for c in callbacks if type(c).__name__ != "EpochLine"]
     interactive = sys.stdout.isatty() and not quiet
     if interactive:
-        from experiments.training.pipeline import ThrottledRichProgressBar
+        from experiments.training.lean_trainer import ThrottledRichProgressBar
 
         callbacks.append(ThrottledRichProgressBar(leave=False))  # redrawn every 0.2 s, not every batch
     loggers = []
@@ -191,7 +191,7 @@ def build_trainer(cfg: DictConfig, keep_through_epoch: int | None = None):
     trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False,
                           enable_progress_bar=interactive, enable_model_summary=not quiet,
                           default_root_dir=cfg.paths.run_dir)
-    from experiments.training.pipeline import streamline
+    from experiments.training.lean_trainer import streamline
 
     streamline(trainer)  # no per-step work that does nothing (idle callback hooks, profiler contexts)
     return trainer
