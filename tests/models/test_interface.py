@@ -21,7 +21,6 @@ from hydra.errors import InstantiationException
 from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
-from torch.utils.flop_counter import FlopCounterMode
 
 from models import stages
 from models.inception import InceptionV3
@@ -32,13 +31,10 @@ from tests.conftest import CONF, MODEL_NAMES
 
 CONFIGS = MODEL_NAMES  # every conf/model/*.yaml but the `_`-prefixed family bases
 NEW_CLASSES = 7
-# Real-number checks: input sizes tried (ascending, up to the config's own), and what "small enough" is
-# at the first size the model takes (VGG's and AlexNet's FC layers shrink with the input). On a CPU a
-# forward pass costs per layer as much as per multiply-add, hence the limit on weight layers.
+# Real-number checks: input sizes tried (ascending, up to the config's own); every config runs at the
+# first one it takes (VGG's and AlexNet's FC layers shrink with the input): all of them together take
+# about 10 s on this CPU, the largest (wide_resnet101_2, resnet1202) under a second each.
 SIZES = (32, 64, 96, 128, 160, 192, 224, 256, 299)
-REAL_MAX_PARAMS = 40e6
-REAL_MAX_MACS = 2e9
-REAL_MAX_LAYERS = 64
 
 
 @functools.cache
@@ -79,22 +75,17 @@ def classifier_keys(model: nn.Module) -> set[str]:
 
 
 @functools.cache
-def real_size(name: str) -> int | None:
-    """The smallest input size the model takes, when it is small enough there to run for real."""
+def real_size(name: str) -> int:
+    """The smallest input size the model takes (built on the meta device: no memory, no init)."""
     native = input_shape(name)[1]
     for size in sorted({s for s in SIZES if s < native} | {native}):
         try:
-            model = build(name, size=size)
-            layers = sum(isinstance(m, (nn.Conv2d, nn.Linear)) for m in model.modules())
-            if layers > REAL_MAX_LAYERS or sum(p.numel() for p in model.parameters()) > REAL_MAX_PARAMS:
-                return None  # neither shrinks with the input
-            counter = FlopCounterMode(display=False)
-            with counter, torch.no_grad():
-                model(torch.zeros(1, *input_shape(name, size), device="meta"))
+            with torch.no_grad():
+                build(name, size=size)(torch.zeros(1, *input_shape(name, size), device="meta"))
         except (InstantiationException, RuntimeError):  # the model refuses the size, or its map collapses
             continue
-        return size if counter.get_total_flops() / 2 <= REAL_MAX_MACS else None
-    return None
+        return size
+    raise AssertionError(f"{name} takes none of the sizes {SIZES} up to its own {native}")
 
 
 @functools.cache
@@ -163,18 +154,19 @@ def test_reset_classifier(name):
         assert [output.shape for output in outputs] == [(2, NEW_CLASSES)] * len(outputs)
 
 
-@pytest.mark.parametrize("name", CONFIGS)
+# Untrained in eval mode (BN's running statistics at 0/1), ResNet-1202's 600 residual sums grow past
+# float32 and its logits are inf/NaN, where equality means nothing; resnet110 is the same code at 110.
+@pytest.mark.parametrize("name", [n for n in CONFIGS if n != "resnet1202"])
 def test_real_numbers(name):
     """In eval mode, forward is exactly forward_head(forward_features), and pre-logits enter the classifier."""
     size = real_size(name)
-    if size is None:
-        pytest.skip("too big to run on CPU in this test; its shapes are checked on the meta device")
     model = build(name, device="cpu", size=size)
     keys = shapes(model)
     x = torch.randn(1, *input_shape(name, size))
     with torch.no_grad():
         logits, hooked = run_hooked(model, feature_module(model)[1], x)
         features = model.forward_features(x)
+        assert torch.isfinite(logits).all()  # so that the equalities below can fail
         assert torch.equal(model.forward_head(features), logits)
         assert torch.equal(hooked, features)
         pre_logits = model.forward_head(features, pre_logits=True)
