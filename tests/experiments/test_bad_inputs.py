@@ -19,6 +19,7 @@ TRAIN_CASES = [
     (["data.augment.hflp=true"], ["data.augment.hflp=true", "no key 'hflp'", "data.augment.hflip"]),
     (["data.batch_size=abc"], ["data.batch_size", "abc"]),
     (["data.batch_size=0"], ["data.batch_size=0"]),
+    (["host_allocator=jemalloc"], ["host_allocator", "jemalloc", "reuse, system"]),
     (["optimizer.lr=0"], ["optimizer.lr=0", "positive"]),
     (["optimizer.lr=-0.1"], ["optimizer.lr=-0.1"]),
     (["optimizer.momentum=1.5"], ["optimizer.momentum"]),

@@ -128,8 +128,10 @@ def _prepare(cfg: DictConfig, resume_dir: Path | None) -> dict[str, Any]:
     """Data, network and its starting weights, module, checks; nothing is written yet."""
     import pytorch_lightning as pl
 
+    from experiments.training import host_allocator
     from experiments.training.build import build_datamodule, build_module, build_network, profile_of
 
+    host_allocator.apply(str(cfg.get("host_allocator", "reuse")))  # before the data and the model allocate
     pl.seed_everything(int(cfg.seed), workers=True, verbose=False)
     datamodule = build_datamodule(cfg)
     datamodule.setup(None)  # read every split now: a missing or corrupt file fails before the run starts

@@ -41,6 +41,7 @@ DECLARED: dict[str, Any] = {
     "resume": bool | str,
     "quiet": bool,
     "compile": bool,
+    "host_allocator": Literal["reuse", "system"],
     "optimized_metric": str,
     "run_name": str,
     "paths.output_root": str,
