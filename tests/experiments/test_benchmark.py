@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import json
 import math
+import platform
+import statistics
 import subprocess
 import sys
 
@@ -81,6 +83,23 @@ def test_quick_benchmark_writes_json(quick_run):
     for name, value in payload["ratios"].items():
         assert math.isfinite(value) and value > 0, (name, value)
     assert results["overhead"][0]["sync_probe"]["steps"] > 0
+    # Alternating blocks: 2 of ours per run (4 steps in blocks of 2), each between two of the plain loop's.
+    lenet = results["overhead"][0]
+    assert lenet["block_steps"] == 2 and len(lenet["block_seconds"]) == lenet["rounds"]
+    for blocks in lenet["block_seconds"]:
+        assert len(blocks["ours"]) == 2 and len(blocks["plain"]) == 3
+    by_hand = [(blocks["plain"][i] + blocks["plain"][i + 1]) / 2 / blocks["ours"][i]
+               for blocks in lenet["block_seconds"] for i in range(2)]
+    assert lenet["block_ratios"] == pytest.approx(by_hand)
+    assert lenet["ratio_ours_over_plain"] == pytest.approx(statistics.median(by_hand))
+    bare = lenet["lightning"]  # the bare Trainer, paired with the plain loop the same way
+    assert len(bare["block_ratios"]) == 2 * lenet["rounds"]
+    assert lenet["ratio_ours_over_lightning"] == pytest.approx(lenet["ratio_ours_over_plain"] / bare["ratio_over_plain"])
+    assert "bare Lightning / plain" in result.stdout
+    allocator = results["allocator"]  # one fresh process per setting
+    assert [s["taken"] for s in allocator["samples"]["reuse"]] == [platform.libc_ver()[0] == "glibc"]
+    assert [s["taken"] for s in allocator["samples"]["system"]] == [False]
+    assert "allocator/reuse_over_system" in payload["ratios"]
     assert results["startup"]["help_seconds"] > 0
 
 
@@ -120,6 +139,8 @@ def test_gpu_suite_without_gpu_says_so_in_one_line():
     ("cpu.steps.long_steps=100", ["cpu.steps.long_steps=100", "above short_steps"]),
     ("cpu.steps.callbacks=[nonsense]", ["cpu.steps.callbacks", "nonsense", "conf/callbacks"]),
     ("suite=tpu", ["suite='tpu'", "suite=cpu"]),
+    ("cpu.host_allocator=tcmalloc", ["cpu.host_allocator", "tcmalloc", "reuse"]),
+    ("cpu.overhead.0.block=7", ["cpu.overhead[0].block", "7", "divide steps=400"]),
 ])
 def test_a_bad_setting_is_refused_before_anything_runs(tmp_path, override, words):
     from tests.conftest import assert_refused

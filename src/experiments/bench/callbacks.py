@@ -7,6 +7,7 @@ same way a user's callback would, so the run they time is the pipeline's own, no
 
 from __future__ import annotations
 
+import math
 import os
 import sys
 import time
@@ -61,6 +62,53 @@ class StepTimer(pl.Callback):
         if self.started is None or self.stopped is None:
             raise RuntimeError("StepTimer saw no step after the warm-up: raise trainer.max_steps")
         return self.stopped - self.started
+
+
+class PairedBlocks(pl.Callback):
+    """Times our steps in blocks of ``block`` and runs a rival's block (the plain loop) between two of ours.
+
+    On a shared or virtual machine a core's speed drifts by 10-30% within seconds, so two whole runs
+    timed one after the other compare the machine's moods as much as the two loops (two identical plain
+    loops measured 0.91-1.00 of each other that way). Alternating blocks of a few dozen steps inside ONE
+    run puts each of our blocks between two of the rival's, moments apart; the ratio of each of our
+    blocks to the mean of its two neighbours cancels drift and order, and the median over blocks
+    ignores a block a burst of load hit. Our clock is paused while the rival runs. A block of ours
+    that crossed an epoch's end (validation, checkpoints) is left out.
+
+    ``rival(steps)`` trains that many steps and returns their seconds on the same clock; it is called
+    with ``warmup`` steps once, untimed, before the first block.
+    """
+
+    def __init__(self, start_step: int, block: int, rival, warmup: int = 0, clock: str = "wall") -> None:
+        from experiments.bench.common import clock_function
+
+        self.start_step, self.block, self.rival, self.warmup = int(start_step), int(block), rival, int(warmup)
+        self.clock = clock_function(clock)
+        self.ours: list[float] = []  # seconds of each of our blocks (None where an epoch ended inside it)
+        self.rivals: list[float] = []  # seconds of the rival's blocks: one before our first, one after each
+        self._started: float | None = None
+        self._epoch = -1
+
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
+                           batch_idx: int) -> None:
+        done = trainer.global_step - self.start_step
+        if done < 0 or done % self.block:
+            return
+        _sync(pl_module)
+        now = self.clock()
+        if done == 0:
+            self.rival(self.warmup)
+        else:
+            self.ours.append(now - self._started if trainer.current_epoch == self._epoch else math.nan)
+        self.rivals.append(self.rival(self.block))
+        self._epoch = trainer.current_epoch
+        _sync(pl_module)
+        self._started = self.clock()
+
+    def ratios(self) -> list[float]:
+        """Per block of ours: mean of the rival's two neighbouring blocks / ours (> 1: ours is faster)."""
+        return [(self.rivals[i] + self.rivals[i + 1]) / 2 / ours for i, ours in enumerate(self.ours)
+                if math.isfinite(ours) and ours > 0]
 
 
 # Tensor methods that copy a value to the host: on a GPU each one waits for the device (a sync).

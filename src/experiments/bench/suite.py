@@ -5,7 +5,9 @@ Sections (issue 6): 1 overhead of our training path over a plain PyTorch loop, 2
 (channels_last, compile, deterministic, mixed precision) against their baseline; (issue 19) 6 steps:
 microseconds per step on a near-zero-compute model for the plain loop, a bare Lightning Trainer and
 our pipeline per callback set, where ours spends them (a profiler's breakdown), and the host reads
-(device syncs) per step. Prints a table and writes ``<output_dir>/<timestamp>.json``. Settings live in ``conf/benchmark.yaml`` and take
+(device syncs) per step; allocator: ``host_allocator=reuse`` against the C library's defaults, in
+fresh processes. The overhead section pairs ours with the plain loop in alternating blocks inside one
+run (and a bare Lightning Trainer the same way: Lightning's own floor). Prints a table and writes ``<output_dir>/<timestamp>.json``. Settings live in ``conf/benchmark.yaml`` and take
 Hydra overrides (``sections=[overhead] cpu.rounds=3``).
 
 Only the standard library is imported at module level, so ``--help`` answers at once; torch and
@@ -57,6 +59,15 @@ def load_config(overrides: list[str]):
     suite = cfg[cfg.suite]
     if cfg.quick:
         suite = OmegaConf.merge(suite, cfg.quick_settings)
+    allocator = suite.get("host_allocator", "system")
+    if allocator not in ("reuse", "system"):
+        raise UserError(f"{cfg.suite}.host_allocator", allocator, "is not an allocator setting.",
+                        f"Use {cfg.suite}.host_allocator=reuse (as experiments.train) or system (the C library's).")
+    for index, case in enumerate(suite.get("overhead") or []):
+        steps, block = int(case.get("steps", 50)), int(case.get("block", 0) or case.get("steps", 50))
+        if block < 1 or steps % block or steps // block < 1:
+            raise UserError(f"{cfg.suite}.overhead[{index}].block", block, f"does not divide steps={steps}.",
+                            "Use a block length that divides the case's steps (the logging period, 50, for a long case).")
     if "steps" in cfg.sections:  # checked now, not after the other sections have run for minutes
         from experiments.bench.steps import StepCase
 
@@ -105,6 +116,12 @@ def run(cfg, suite, log=print) -> dict[str, Any]:
         names = [n for n in suite.options.names if gpu or n != "fp16_autocast"]
         results["options"] = options(case, names, int(suite.options.rounds), log=log)
         lap("options")
+    if "allocator" in sections and suite.get("allocator"):
+        from experiments.bench.allocator import allocator_section
+
+        log("allocator")
+        results["allocator"] = allocator_section(suite.allocator, log=log)
+        lap("allocator")
     if "steps" in sections:
         from experiments.bench.steps import StepCase, step_overhead
 
@@ -164,6 +181,9 @@ def _main(argv: list[str] | None = None) -> int:
         return 2
     if suite.get("threads"):
         torch.set_num_threads(int(suite.threads))
+    from experiments.training import host_allocator
+
+    host_allocator.apply(str(suite.get("host_allocator", "system")))  # both contenders share this process
     from omegaconf import OmegaConf
 
     from experiments.bench.common import machine_facts

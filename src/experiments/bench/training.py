@@ -1,11 +1,13 @@
 """Training throughput: our full training path against a plain PyTorch loop, the data path, options.
 
 "Ours" is the pipeline itself: the datamodule, the ClassificationModule and the Trainer (default
-loggers and callbacks) come from :mod:`experiments.training.build` and :func:`experiments.training.build.build_trainer`,
-and a :class:`~experiments.bench.callbacks.StepTimer` enters through ``+callbacks`` like any callback.
+loggers and callbacks) come from :mod:`experiments.training.build` and :func:`experiments.training.build.build_trainer`.
 "Plain" is the loop a user would write by hand around the same model, data, batch size, optimizer,
-schedule and batched augmentation. Both time the same window: from the moment batch ``warmup`` is
-fetched and augmented to the end of the last optimizer step, so the warm-up is excluded alike.
+schedule and batched augmentation. The overhead section runs them in alternating blocks of steps inside
+one of our runs (:class:`~experiments.bench.callbacks.PairedBlocks`): each of our blocks is compared
+with the plain blocks just before and after it, so a machine whose speed drifts compares like with
+like. Both are warmed up first; a block is timed from the end of the step before it to the end of its
+last optimizer step, data fetching and augmentation included.
 """
 
 from __future__ import annotations
@@ -44,6 +46,8 @@ class Case:
     batch_size: int = 128
     warmup: int = 10
     steps: int = 50
+    block: int = 0  # steps per alternating block (0: the whole window is one block); divides steps
+    bare_lightning: bool = False  # also pair a bare Lightning Trainer with the plain loop (Lightning's own floor)
     fallback: list[str] = field(default_factory=list)  # used when the dataset's files are missing
     precision: str = "32-true"
     channels_last: bool = False
@@ -60,6 +64,13 @@ class Case:
     @property
     def total_steps(self) -> int:
         return self.warmup + self.steps
+
+    @property
+    def block_steps(self) -> int:
+        block = self.block or self.steps
+        if block < 1 or self.steps % block:
+            raise ValueError(f"benchmark case {self.name}: block={self.block} must divide steps={self.steps}")
+        return block
 
 
 # --- shared pieces --------------------------------------------------------------------------------
@@ -122,14 +133,18 @@ def _run_overrides(case: Case, overrides: Sequence[str]) -> list[str]:
 
 
 # --- ours -----------------------------------------------------------------------------------------
-def ours_once(case: Case, overrides: Sequence[str], datamodule, probe_window: int = 0) -> dict[str, Any]:
+def ours_once(case: Case, overrides: Sequence[str], datamodule, probe_window: int = 0,
+              rival: PlainLoop | None = None) -> dict[str, Any]:
     """One fit of the real pipeline for ``case.total_steps`` steps; images/s over the timed window.
 
-    With ``probe_window`` > 0 the run is not timed but probed: host reads of tensor values per step.
+    With ``rival`` (a plain loop) the window is cut into blocks that alternate with the rival's
+    (:class:`~experiments.bench.callbacks.PairedBlocks`): the result holds both sides' block times and
+    the per-block ratios. With ``probe_window`` > 0 the run is not timed but probed: host reads of
+    tensor values per step.
     """
     import pytorch_lightning as pl
 
-    from experiments.bench.callbacks import StepTimer, SyncProbe
+    from experiments.bench.callbacks import PairedBlocks, StepTimer, SyncProbe
     from experiments.training.build import build_module, build_trainer
 
     run_dir = tempfile.mkdtemp(prefix="bench-run-")
@@ -155,7 +170,14 @@ def ours_once(case: Case, overrides: Sequence[str], datamodule, probe_window: in
             # the per-epoch line; the Rich bar of an interactive terminal is a display, not the default).
             with contextlib.redirect_stdout(io.StringIO()):  # also keeps the model summary out of the table
                 trainer = build_trainer(cfg)
+                if rival is not None:
+                    paired = PairedBlocks(case.warmup, case.block_steps, rival.timed_steps, warmup=case.warmup,
+                                          clock=case.clock)
+                    trainer.callbacks.append(paired)  # as a user's own callback object enters a Trainer
                 trainer.fit(module, datamodule=datamodule)
+        if rival is not None:
+            return {"ours_block_seconds": paired.ours, "plain_block_seconds": paired.rivals,
+                    "ratios": paired.ratios(), "block_steps": case.block_steps}
         if probe_window:
             probe = next(c for c in trainer.callbacks if isinstance(c, SyncProbe))
             return probe.report()
@@ -163,6 +185,30 @@ def ours_once(case: Case, overrides: Sequence[str], datamodule, probe_window: in
         return {"images_per_s": timer.steps * case.batch_size / timer.seconds, "steps": timer.steps}
     finally:
         shutil.rmtree(run_dir, ignore_errors=True)
+
+
+def bare_once(case: Case, cfg, datamodule, rival: PlainLoop) -> dict[str, Any]:
+    """A bare Lightning Trainer (the loss alone: no logger, callbacks, checkpoints, progress bar; the
+    :class:`~experiments.bench.steps.BareModule` of the steps section) paired with the plain loop like
+    :func:`ours_once`: what Lightning's loop costs before anything of ours is added."""
+    import pytorch_lightning as pl
+
+    from experiments.bench.callbacks import PairedBlocks
+    from experiments.bench.steps import BareModule
+    from experiments.training.build import build_model, input_shape_of
+
+    torch.manual_seed(int(cfg.seed))
+    module = BareModule(build_model(cfg.model, input_shape_of(cfg)), cfg)
+    if case.channels_last:
+        to_channels_last(module.model)
+    paired = PairedBlocks(case.warmup, case.block_steps, rival.timed_steps, warmup=case.warmup, clock=case.clock)
+    with quiet_lightning():
+        trainer = pl.Trainer(accelerator="gpu" if case.gpu else "cpu", devices=1, precision=case.precision,
+                             max_steps=case.total_steps, max_epochs=1, logger=False, enable_checkpointing=False,
+                             enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
+                             limit_val_batches=0, callbacks=[paired], default_root_dir=tempfile.gettempdir())
+        trainer.fit(module, datamodule=datamodule)
+    return {"ours_block_seconds": paired.ours, "plain_block_seconds": paired.rivals, "ratios": paired.ratios()}
 
 
 # --- plain ----------------------------------------------------------------------------------------
@@ -207,6 +253,7 @@ class PlainLoop:
         self.label_smoothing = float((cfg.get("module") or {}).get("label_smoothing", 0.0))
         self.scaler = torch.amp.GradScaler(device.type) if self.options.autocast == "fp16" else None
         self.compile_seconds: float | None = None
+        self._stream = None  # the batches timed_steps continues from
         if self.options.compile:
             self.model.compile()
 
@@ -229,6 +276,19 @@ class PlainLoop:
             self.optimizer.step()
         if self.scheduler is not None:
             self.scheduler.step()
+
+    def timed_steps(self, steps: int) -> float:
+        """Seconds (on the loop's clock) for ``steps`` more steps, continuing where the last call stopped."""
+        if self._stream is None:
+            self._stream = self._batches()
+        _sync(self.device)
+        started = self.clock()
+        for _ in range(steps):
+            images, labels = next(self._stream)
+            images = self.datamodule.transform_batch(images.to(self.device, non_blocking=True), train=True)
+            self._step(images, labels.to(self.device, non_blocking=True))
+        _sync(self.device)
+        return self.clock() - started
 
     def run(self, warmup: int, steps: int) -> float:
         """Images/s over ``steps`` steps after ``warmup`` untimed ones (the first compiled step is timed apart)."""
@@ -303,34 +363,79 @@ def device_of(case: Case) -> torch.device:
 
 def overhead(case: Case, rounds: int, data_path: bool = False, data_steps: int = 400,
              probe_window: int = 0, log: Callable[[str], None] = print) -> dict[str, Any]:
-    """Section 1 (and 2 when ``data_path``): ours vs plain, optionally the data path alone, interleaved."""
+    """Section 1 (and 2 when ``data_path``): ours vs plain in alternating blocks, one of our runs per round.
+
+    The figure is the median over every block of every round of (plain's neighbouring blocks / ours):
+    ours's speed as a fraction of the plain loop's. A fresh run and a fresh plain loop each round.
+    """
     cfg, datamodule, used = prepare(case)
     device = device_of(case)
     autocast = {"bf16-mixed": "bf16", "16-mixed": "fp16"}.get(case.precision)
     plain_options = Options(channels_last=case.channels_last, autocast=autocast)
-    contenders: dict[str, Callable[[], float]] = {
-        "ours": lambda: ours_once(case, used, datamodule)["images_per_s"],
-        "plain": lambda: PlainLoop(cfg, datamodule, device, plain_options, case.clock).run(case.warmup, case.steps),
-    }
-    if data_path:
-        contenders["data"] = lambda: data_path_once(datamodule, device, min(case.warmup, 5), data_steps, case.clock)
-    log(f"  {case.name}: {rounds} rounds of {', '.join(contenders)} ({case.warmup}+{case.steps} steps, "
-        f"batch {case.batch_size})")
-    samples = interleave(contenders, rounds)
+    log(f"  {case.name}: {rounds} runs of ours, each with the plain loop in alternating blocks of "
+        f"{case.block_steps} steps ({case.warmup}+{case.steps} steps, batch {case.batch_size})")
+    paired_rounds: list[dict[str, Any]] = []
+    bare_rounds: list[dict[str, Any]] = []
+    data_samples: list[float] = []
+    for _ in range(rounds):
+        rival = PlainLoop(cfg, datamodule, device, plain_options, case.clock)
+        paired_rounds.append(ours_once(case, used, datamodule, rival=rival))
+        if case.bare_lightning:
+            rival = PlainLoop(cfg, datamodule, device, plain_options, case.clock)
+            bare_rounds.append(bare_once(case, cfg, datamodule, rival))
+        if data_path:
+            data_samples.append(data_path_once(datamodule, device, min(case.warmup, 5), data_steps, case.clock))
+    block_ratios = [r for item in paired_rounds for r in item["ratios"]]
+    images = case.block_steps * case.batch_size
+
+    def images_per_s(key: str) -> list[float]:  # per round, over the timed blocks (the rival's all of them)
+        out = []
+        for item in paired_rounds:
+            seconds = [t for t in item[key] if math.isfinite(t)]
+            out.append(len(seconds) * images / sum(seconds) if seconds else float("nan"))
+        return out
+
+    samples = {"ours": images_per_s("ours_block_seconds"), "plain": images_per_s("plain_block_seconds")}
     result: dict[str, Any] = {
         "case": case.name, "overrides": used, "batch_size": case.batch_size, "warmup": case.warmup,
-        "steps": case.steps, "precision": case.precision, "channels_last": case.channels_last,
-        "device": device.type, "rounds": rounds, "clock": case.clock, "samples_images_per_s": samples,
+        "steps": case.steps, "block_steps": case.block_steps, "precision": case.precision,
+        "channels_last": case.channels_last, "device": device.type, "rounds": rounds, "clock": case.clock,
+        "method": "alternating blocks inside one run; per block of ours: mean of the plain blocks before and "
+                  "after / ours; median over all blocks of all rounds",
+        "ratio_ours_over_plain": median(block_ratios),
+        "block_ratios": block_ratios, "round_medians": [median(item["ratios"]) for item in paired_rounds],
+        "block_ratio_quartiles": quartiles(block_ratios),
+        "samples_images_per_s": samples,
         "ours_images_per_s": median(samples["ours"]), "plain_images_per_s": median(samples["plain"]),
-        "ratio_ours_over_plain": ratio(samples["ours"], samples["plain"]),
         "ratio_of_medians_ours_over_plain": ratio_of_medians(samples["ours"], samples["plain"]),
+        "block_seconds": [{"ours": item["ours_block_seconds"], "plain": item["plain_block_seconds"]}
+                          for item in paired_rounds],
     }
+    if bare_rounds:
+        bare_ratios = [r for item in bare_rounds for r in item["ratios"]]
+        result["lightning"] = {
+            "ratio_over_plain": median(bare_ratios), "block_ratios": bare_ratios,
+            "round_medians": [median(item["ratios"]) for item in bare_rounds],
+            "block_ratio_quartiles": quartiles(bare_ratios),
+            "block_seconds": [{"lightning": item["ours_block_seconds"], "plain": item["plain_block_seconds"]}
+                              for item in bare_rounds]}
+        result["ratio_ours_over_lightning"] = result["ratio_ours_over_plain"] / median(bare_ratios)
     if data_path:
-        result["data_images_per_s"] = median(samples["data"])
-        result["ratio_data_over_ours_training"] = ratio(samples["data"], samples["ours"])
+        result["data_images_per_s"] = median(data_samples)
+        result["ratio_data_over_ours_training"] = ratio(data_samples, samples["ours"])
     if probe_window:
         result["sync_probe"] = ours_once(case, used, datamodule, probe_window=probe_window)
     return result
+
+
+def quartiles(values: Sequence[float]) -> list[float]:
+    """[25th, 75th] percentile: how far the blocks scatter around the median."""
+    import statistics
+
+    if len(values) < 2:
+        return [float("nan"), float("nan")]
+    cuts = statistics.quantiles(values, n=4)
+    return [cuts[0], cuts[2]]
 
 
 OPTION_SETS: dict[str, Options] = {
