@@ -40,8 +40,7 @@ def measure(setting: str, overrides: list[str], batch_size: int, warmup: int, st
 
 def allocator_section(settings, log: Callable[[str], None] = print) -> dict[str, Any]:
     """``reuse`` against ``system`` in alternating fresh processes; the figure is the median ratio."""
-    from experiments.bench.common import median, ratio
-    from experiments.bench.suite import _json_subprocess
+    from experiments.bench.common import json_subprocess, median, ratio
     from experiments.core.locations import REPO_ROOT
 
     args = ["--batch", str(settings.batch_size), "--warmup", str(settings.warmup), "--steps", str(settings.steps),
@@ -52,7 +51,7 @@ def allocator_section(settings, log: Callable[[str], None] = print) -> dict[str,
     for index in range(rounds):
         for setting in ("reuse", "system") if index % 2 == 0 else ("system", "reuse"):
             command = ["-m", "experiments.bench.allocator", "--setting", setting, *args]
-            samples[setting].append(_json_subprocess(command, REPO_ROOT))
+            samples[setting].append(json_subprocess(command, REPO_ROOT))
     speed = {name: [s["images_per_s"] for s in rows] for name, rows in samples.items()}
     return {"overrides": list(settings.overrides), "batch_size": int(settings.batch_size), "rounds": rounds,
             "samples": samples, "ratio_reuse_over_system": ratio(speed["reuse"], speed["system"]),

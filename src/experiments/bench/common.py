@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import platform
 import statistics
+import sys
 import time
 from collections.abc import Callable, Sequence
 from contextlib import contextmanager
@@ -125,3 +126,14 @@ def clock_function(name: str):
     if name not in ("wall", "process"):
         raise ValueError(f"clock={name!r}: use wall or process")
     return time.perf_counter if name == "wall" else time.process_time
+
+
+def json_subprocess(args: list[str], cwd) -> dict:
+    """Run ``python <args>`` in ``cwd``; its last stdout line is a JSON object (a measurement in a fresh process)."""
+    import json
+    import subprocess
+
+    result = subprocess.run([sys.executable, *args], cwd=cwd, text=True, capture_output=True, timeout=900)
+    if result.returncode != 0:
+        raise RuntimeError(f"{' '.join(args)} failed:\n{result.stderr[-2000:]}")
+    return json.loads(result.stdout.strip().splitlines()[-1])

@@ -35,6 +35,7 @@ import torch.nn.functional as F
 
 from experiments.bench.breakdown import categorize
 from experiments.bench.common import compose_train, median, quiet_lightning
+from experiments.bench.training import BareModule, PlainLoop
 
 PLAIN, LIGHTNING = "plain", "lightning"
 WARMUP = 10  # steps before the profiled or probed window
@@ -143,28 +144,6 @@ def timed(run: Callable[[], None], clock: Callable[[], float]) -> float:
 
 
 # --- contenders -----------------------------------------------------------------------------------
-class BareModule(pl.LightningModule):
-    """What a user writes for a bare Trainer: the loss, the optimizer and its schedule, nothing else."""
-
-    def __init__(self, model: torch.nn.Module, cfg) -> None:
-        super().__init__()
-        self.model, self.cfg = model, cfg
-
-    def training_step(self, batch, batch_idx: int) -> torch.Tensor:
-        images, labels = batch
-        return F.cross_entropy(self.model(images), labels)
-
-    def configure_optimizers(self):
-        from experiments.training.optim import build_optimizer, build_scheduler
-
-        optimizer = build_optimizer(self.cfg.optimizer, self.model)
-        scheduler = None
-        if self.cfg.get("scheduler") is not None and self.cfg.scheduler.get("_target_"):
-            scheduler = build_scheduler(self.cfg.scheduler, optimizer, int(self.trainer.estimated_stepping_batches),
-                                        int(self.trainer.num_training_batches))
-        return optimizer if scheduler is None else {"optimizer": optimizer, "lr_scheduler": scheduler}
-
-
 def bare_trainer(case: StepCase, steps: int, callbacks: Sequence[pl.Callback] = (), profiler=None) -> pl.Trainer:
     return pl.Trainer(accelerator="gpu" if case.gpu else "cpu", devices=1, max_steps=steps, max_epochs=1,
                       logger=False, enable_checkpointing=False, enable_progress_bar=False,
@@ -205,8 +184,6 @@ class Contenders:
         return lambda: self._ours(cfg)
 
     def _plain(self, steps: int) -> None:
-        from experiments.bench.training import PlainLoop
-
         PlainLoop(self.config(steps), self.datamodule, self.case.device).run(0, steps)
 
     def _bare(self, steps: int, callbacks: Sequence[pl.Callback] = (), profiler=None) -> pl.Trainer:

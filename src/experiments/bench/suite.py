@@ -135,7 +135,7 @@ def memory_section(settings, gpu: bool) -> list[dict[str, Any]]:
     """Accounting + measured peak (one subprocess each), accounting alone, and the GPU's largest batches."""
     import torch
 
-    from experiments.bench.common import compose_train
+    from experiments.bench.common import compose_train, json_subprocess
     from experiments.bench.memory import account
     from experiments.core.locations import REPO_ROOT as REPO
     from experiments.training.build import build_model, input_shape_of
@@ -143,7 +143,7 @@ def memory_section(settings, gpu: bool) -> list[dict[str, Any]]:
     out: list[dict[str, Any]] = []
     for item in settings.measure:
         args = ["--batch", str(item.batch_size), "--device", "cuda" if gpu else "cpu", *item.overrides]
-        out.append({"name": item.name, **_json_subprocess(["-m", "experiments.bench.memory", *args], REPO)})
+        out.append({"name": item.name, **json_subprocess(["-m", "experiments.bench.memory", *args], REPO)})
     for item in settings.account_only:
         cfg = compose_train(list(item.overrides))
         with torch.device("meta"):
@@ -151,18 +151,8 @@ def memory_section(settings, gpu: bool) -> list[dict[str, Any]]:
         out.append({"name": item.name, **account(model, input_shape_of(cfg), int(item.batch_size))})
     for item in settings.largest_batch:
         args = ["--largest-batch", "--batch", str(item.batch_size), *item.overrides]
-        out.append({"name": item.name, **_json_subprocess(["-m", "experiments.bench.memory", *args], REPO)})
+        out.append({"name": item.name, **json_subprocess(["-m", "experiments.bench.memory", *args], REPO)})
     return out
-
-
-def _json_subprocess(args: list[str], cwd: Path) -> dict[str, Any]:
-    import json
-    import subprocess
-
-    result = subprocess.run([sys.executable, *args], cwd=cwd, text=True, capture_output=True, timeout=900)
-    if result.returncode != 0:
-        raise RuntimeError(f"{' '.join(args)} failed:\n{result.stderr[-2000:]}")
-    return json.loads(result.stdout.strip().splitlines()[-1])
 
 
 def main(argv: list[str] | None = None) -> int:

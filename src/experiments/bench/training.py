@@ -22,6 +22,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -187,14 +188,33 @@ def ours_once(case: Case, overrides: Sequence[str], datamodule, probe_window: in
         shutil.rmtree(run_dir, ignore_errors=True)
 
 
+class BareModule(pl.LightningModule):
+    """What a user writes for a bare Trainer: the loss, the optimizer and its schedule, nothing else."""
+
+    def __init__(self, model: torch.nn.Module, cfg) -> None:
+        super().__init__()
+        self.model, self.cfg = model, cfg
+
+    def training_step(self, batch, batch_idx: int) -> torch.Tensor:
+        images, labels = batch
+        return F.cross_entropy(self.model(images), labels)
+
+    def configure_optimizers(self):
+        from experiments.training.optim import build_optimizer, build_scheduler
+
+        optimizer = build_optimizer(self.cfg.optimizer, self.model)
+        scheduler = None
+        if self.cfg.get("scheduler") is not None and self.cfg.scheduler.get("_target_"):
+            scheduler = build_scheduler(self.cfg.scheduler, optimizer, int(self.trainer.estimated_stepping_batches),
+                                        int(self.trainer.num_training_batches))
+        return optimizer if scheduler is None else {"optimizer": optimizer, "lr_scheduler": scheduler}
+
+
 def bare_once(case: Case, cfg, datamodule, rival: PlainLoop) -> dict[str, Any]:
     """A bare Lightning Trainer (the loss alone: no logger, callbacks, checkpoints, progress bar; the
     :class:`~experiments.bench.steps.BareModule` of the steps section) paired with the plain loop like
     :func:`ours_once`: what Lightning's loop costs before anything of ours is added."""
-    import pytorch_lightning as pl
-
     from experiments.bench.callbacks import PairedBlocks
-    from experiments.bench.steps import BareModule
     from experiments.training.build import build_model, input_shape_of
 
     torch.manual_seed(int(cfg.seed))
