@@ -236,7 +236,10 @@ class _StepMask:
     def before_step(self, optimizer: torch.optim.Optimizer, params: list[torch.Tensor], flag: torch.Tensor) -> None:
         self._optimizer, self._armed = optimizer, True
         self._states_before = len(optimizer.state)
-        self._fused = bool(optimizer.defaults.get("fused")) and getattr(optimizer, "_step_supports_amp_scaling", False)
+        # The groups decide, not the defaults: a fused optimizer that loaded a non-fused checkpoint's state
+        # (a resumed run) has fused=None in its groups and runs the for-loop kernels, which ignore found_inf.
+        self._fused = (all(group.get("fused") for group in optimizer.param_groups)
+                       and getattr(optimizer, "_step_supports_amp_scaling", False))
         if self._fused:
             optimizer.found_inf = flag  # read by torch's fused kernels: they skip the update on the device
             return

@@ -126,3 +126,29 @@ def test_a_finite_run_is_the_run_without_the_guard(tmp_path):
     assert flow.guard.checks == 4  # after steps 3 and 7 (every 4), and at both epoch ends (steps 4 and 9)
     # The gradient-flow samples (steps 0, 3, 6, 9) were read at those points and logged with their own step.
     assert [s["step"] for s in flow.history] == [0, 3, 6, 9]
+
+
+def test_a_fused_optimizer_resumed_from_a_non_fused_checkpoint_is_still_undone():
+    """Loading a non-fused optimizer's state sets the groups' ``fused`` to None (torch takes the saved
+    groups): the step then runs the for-loop kernels, which ignore ``found_inf``, so the guard must undo
+    the step itself. Known answer: the parameters and momentum of before the bad step, bit for bit."""
+    from callbacks.nonfinite import _StepMask
+
+    torch.manual_seed(0)
+    params = [nn.Parameter(torch.randn(5, 3)), nn.Parameter(torch.randn(3))]
+    saved = torch.optim.SGD(params, lr=0.1, momentum=0.9)
+    for p in params:
+        p.grad = torch.ones_like(p)
+    saved.step()  # momentum buffers exist
+    optimizer = torch.optim.SGD(params, lr=0.1, momentum=0.9, fused=True)
+    optimizer.load_state_dict(saved.state_dict())
+    assert optimizer.defaults["fused"] and not optimizer.param_groups[0]["fused"]
+    before = [p.detach().clone() for p in params], [optimizer.state[p]["momentum_buffer"].clone() for p in params]
+    for p in params:
+        p.grad = torch.full_like(p, math.nan)
+    mask, flag = _StepMask(), torch.ones(1)
+    mask.before_step(optimizer, params, flag)
+    optimizer.step()
+    mask.after_step(flag)
+    assert all(torch.equal(p, b) for p, b in zip(params, before[0]))
+    assert all(torch.equal(optimizer.state[p]["momentum_buffer"], b) for p, b in zip(params, before[1]))
