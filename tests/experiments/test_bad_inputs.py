@@ -20,6 +20,7 @@ TRAIN_CASES = [
     (["data.batch_size=abc"], ["data.batch_size", "abc"]),
     (["data.batch_size=0"], ["data.batch_size=0"]),
     (["host_allocator=jemalloc"], ["host_allocator", "jemalloc", "reuse, system"]),
+    (["+optimizer.foreach=true"], ["optimizer.fused", "foreach", "optimizer.fused=false"]),
     (["optimizer.lr=0"], ["optimizer.lr=0", "positive"]),
     (["optimizer.lr=-0.1"], ["optimizer.lr=-0.1"]),
     (["optimizer.momentum=1.5"], ["optimizer.momentum"]),
