@@ -78,7 +78,7 @@ def to_fully_convolutional(model: nn.Module) -> FullyConvolutional:
             else:
                 head.append(linear_to_conv(layer, layer.in_features, 1))
         else:
-            head.append(type(layer)(**_init_kwargs(layer)))
+            head.append(_copy_parameter_free(layer))
     avgpool = getattr(model, "avgpool", nn.Identity())
     features = nn.Sequential(copy.deepcopy(model.features), copy.deepcopy(avgpool))
     result = FullyConvolutional(features, nn.Sequential(*head))
@@ -86,13 +86,10 @@ def to_fully_convolutional(model: nn.Module) -> FullyConvolutional:
     return result
 
 
-def _init_kwargs(layer: nn.Module) -> dict:
-    """Rebuild a parameter-free layer (ReLU, Tanh, Dropout...) with the same settings."""
-    if isinstance(layer, nn.Dropout):
-        return {"p": layer.p}
-    if isinstance(layer, (nn.ReLU, nn.ReLU6)):
-        return {"inplace": layer.inplace}
+def _copy_parameter_free(layer: nn.Module) -> nn.Module:
+    """A copy of a parameter-free layer (ReLU, LeakyReLU(0.2), ELU(alpha), Dropout(p)...) with every setting
+    it has: a copy, not a new instance, so no constructor argument can fall back to its default."""
     if any(True for _ in layer.parameters()):
         raise ModelConfigError("model", type(layer).__name__, "is a layer with weights in the classifier that "
                                "cannot be converted.", "Only Linear layers and activations can be converted.")
-    return {}
+    return copy.deepcopy(layer)

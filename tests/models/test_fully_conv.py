@@ -47,3 +47,18 @@ def test_heatmap_corner_equals_the_crop_logits() -> None:
 def test_refuses_a_network_without_fc_classifier() -> None:
     with pytest.raises(ModelConfigError, match="FC classifier"):
         to_fully_convolutional(ResNet(3, 10, 32, form="cifar", depth=8))
+
+
+@pytest.mark.parametrize("activation", [torch.nn.LeakyReLU(0.2), torch.nn.ELU(alpha=0.5), torch.nn.GELU("tanh"),
+                                        torch.nn.Hardtanh(-0.5, 0.5), torch.nn.Softplus(beta=3.0)],
+                         ids=["leaky_relu_0.2", "elu_0.5", "gelu_tanh", "hardtanh", "softplus_3"])
+def test_a_classifier_activation_keeps_its_settings(activation) -> None:
+    """Known answer: at the native size the converted net computes the original's logits, which fails if
+    a non-default slope, alpha or bound falls back to its default."""
+    model = LeNet5().eval()
+    model.classifier[2] = activation  # between the two hidden FC layers
+    assert not any(isinstance(m, type(activation)) for m in LeNet5().classifier)
+    converted = to_fully_convolutional(model).eval()
+    x = torch.randn(4, 1, 32, 32) * 3
+    with torch.no_grad():
+        torch.testing.assert_close(converted(x).flatten(1), model(x), rtol=1e-4, atol=1e-5)
