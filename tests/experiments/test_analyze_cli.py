@@ -10,7 +10,7 @@ from tests.conftest import TINY, assert_refused, run_cli, tree_hashes
 
 ALL_BUT_CAM = ["saliency", "occlusion", "gradcam", "gradcampp", "max_activating", "tsne", "class_model", "fgsm",
                "pgd", "feature_inversion", "loss_landscape", "guided_backprop", "deconvnet", "guided_gradcam",
-               "deconvnet_patches", "lesion", "unit_images"]
+               "deconvnet_patches", "lesion", "unit_images", "class_heatmap", "fooling_images", "targeted_attack"]
 SMALL = ["analysis.saliency.num_images=4", "analysis.saliency.smoothgrad_samples=3", "analysis.occlusion.num_images=3",
          "analysis.gradcam.num_images=3", "analysis.gradcampp.num_images=3", "analysis.cam.num_images=3",
          "analysis.max_activating.num_images=96", "analysis.max_activating.num_channels=3",
@@ -24,7 +24,10 @@ SMALL = ["analysis.saliency.num_images=4", "analysis.saliency.smoothgrad_samples
          "analysis.deconvnet_patches.num_images=64", "analysis.deconvnet_patches.num_channels=2",
          "analysis.deconvnet_patches.top_k=4", "analysis.lesion.num_images=64", "analysis.lesion.max_deleted=2",
          "analysis.lesion.draws=2", "analysis.unit_images.steps=3", "analysis.unit_images.num_channels=2",
-         "analysis.unit_images.num_images=16"]
+         "analysis.unit_images.num_images=16", "analysis.class_heatmap.num_images=2",
+         "analysis.fooling_images.steps=5", "analysis.fooling_images.classes=[0,1]",
+         "analysis.targeted_attack.num_images=64", "analysis.targeted_attack.steps=3",
+         "analysis.targeted_attack.tolerance=0.05", "analysis.targeted_attack.num_examples=2"]
 
 
 def _train(workdir: Path, *extra: str) -> Path:
@@ -67,6 +70,11 @@ def test_every_analysis_writes_its_pictures_and_figures(resnet_run):
     assert [c["class"] for c in figures["class_model"]["classes"]] == ["0", "1"]
     units = figures["unit_images"]["layers"]
     assert [u["layer"] for u in units] == ["layer1", "layer2", "layer3"] and all(len(u["units"]) == 2 for u in units)
+    assert len(figures["fooling_images"]["classes"]) == 2  # classes=[0,1]: one image each
+    assert figures["class_heatmap"]["images"] == 2 and figures["class_heatmap"]["conversion"] == "global pooling"
+    targeted = figures["targeted_attack"]  # every image is attacked or skipped with its reason
+    assert targeted["attacked"] + targeted["skipped_misclassified"] + targeted["skipped_target_is_label"] == 64
+    assert len(targeted["per_image"]) == targeted["attacked"]
     # the pictures also went to the run's own TensorBoard, in new event files next to the training ones
     assert set((resnet_run / "tensorboard").glob("events.*")) - events_before
     assert "analysis folder:" in result.stdout
