@@ -71,7 +71,7 @@ def test_every_analysis_writes_its_pictures_and_figures(resnet_run):
     units = figures["unit_images"]["layers"]
     assert [u["layer"] for u in units] == ["layer1", "layer2", "layer3"] and all(len(u["units"]) == 2 for u in units)
     assert len(figures["fooling_images"]["classes"]) == 2  # classes=[0,1]: one image each
-    assert figures["class_heatmap"]["images"] == 2 and figures["class_heatmap"]["conversion"] == "global pooling"
+    assert len(figures["class_heatmap"]["images"]) == 2 and figures["class_heatmap"]["conversion"] == "global pooling"
     targeted = figures["targeted_attack"]  # every image is attacked or skipped with its reason
     assert targeted["attacked"] + targeted["skipped_misclassified"] + targeted["skipped_target_is_label"] == 64
     assert len(targeted["per_image"]) == targeted["attacked"]
