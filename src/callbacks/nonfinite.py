@@ -231,11 +231,13 @@ class _StepMask:
         self._armed = False
         self._optimizer: torch.optim.Optimizer | None = None
         self._states_before = 0
+        self._params_with_state: set = set()
         self._fused = False
 
     def before_step(self, optimizer: torch.optim.Optimizer, params: list[torch.Tensor], flag: torch.Tensor) -> None:
         self._optimizer, self._armed = optimizer, True
         self._states_before = len(optimizer.state)
+        self._params_with_state = set(optimizer.state)  # on both routes: the state a bad first step creates goes
         # The groups decide, not the defaults: a fused optimizer that loaded a non-fused checkpoint's state
         # (a resumed run) has fused=None in its groups and runs the for-loop kernels, which ignore found_inf.
         self._fused = (all(group.get("fused") for group in optimizer.param_groups)
@@ -270,11 +272,12 @@ class _StepMask:
         return len(optimizer.state) != self._states_before
 
     def drop_new_state(self) -> None:
-        """Forget the optimizer state created by a step that was undone (it was made from bad gradients)."""
+        """Forget the optimizer state created by a step that was undone or skipped (made from bad gradients,
+        or left uninitialised by a fused kernel that skipped its update): every entry of a parameter that
+        had none before the step."""
         optimizer = self._optimizer
-        snapshotted = {id(t) for tensors, *_ in self._groups for t in tensors}
         for param in list(optimizer.state):
-            if id(param) in snapshotted and any(id(t) not in snapshotted for t in _state_tensors(optimizer, param)):
+            if param not in self._params_with_state:
                 del optimizer.state[param]
         self._key = None
 

@@ -102,10 +102,12 @@ def test_a_nonfinite_step_and_the_steps_until_the_check_change_nothing(tmp_path,
     assert (tmp_path / "diagnostics/nonfinite_stop.json").is_file()
 
 
-def test_a_nonfinite_first_step_leaves_no_optimizer_state(tmp_path):
+@pytest.mark.parametrize("args", [{"momentum": 0.9}, {"momentum": 0.9, "fused": True}], ids=["for-loop", "fused"])
+def test_a_nonfinite_first_step_leaves_no_optimizer_state(tmp_path, args):
     """At the first step the optimizer creates its state inside the step (no snapshot can hold it), so the
-    guard reads the flag at once there, and drops the state made from bad gradients."""
-    trainer, module, flow, before = diverge(tmp_path, nan_steps=(0,), every=4, momentum=0.9)
+    guard reads the flag at once there, and drops the state made from bad gradients (or, for a fused
+    kernel that skipped its update, the uninitialised buffers it allocated)."""
+    trainer, module, flow, before = diverge(tmp_path, nan_steps=(0,), every=4, **args)
     assert flow.guard.stopped_at == 0 and trainer.global_step == 4
     assert_same(snapshot(module, trainer.optimizers[0]), (before.params, {}))
 

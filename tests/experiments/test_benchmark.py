@@ -141,6 +141,7 @@ def test_gpu_suite_without_gpu_says_so_in_one_line():
     ("suite=tpu", ["suite='tpu'", "suite=cpu"]),
     ("cpu.host_allocator=tcmalloc", ["cpu.host_allocator", "tcmalloc", "reuse"]),
     ("cpu.overhead.0.block=7", ["cpu.overhead[0].block", "7", "divide steps=400"]),
+    ("cpu.overhead.0.block=25", ["cpu.overhead[0].block", "25", "logging period (50 steps)", "multiple of 50"]),
 ])
 def test_a_bad_setting_is_refused_before_anything_runs(tmp_path, override, words):
     from tests.conftest import assert_refused

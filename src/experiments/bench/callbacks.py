@@ -88,12 +88,14 @@ class PairedBlocks(pl.Callback):
         self.rivals: list[float] = []  # seconds of the rival's blocks: one before our first, one after each
         self._started: float | None = None
         self._epoch = -1
+        self._last_step = -1
 
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
                            batch_idx: int) -> None:
         done = trainer.global_step - self.start_step
-        if done < 0 or done % self.block:
-            return
+        if done < 0 or done % self.block or trainer.global_step == self._last_step:
+            return  # (several batches share a global step under gradient accumulation: act once per step)
+        self._last_step = trainer.global_step
         _sync(pl_module)
         now = self.clock()
         if done == 0:

@@ -64,15 +64,36 @@ def load_config(overrides: list[str]):
         raise UserError(f"{cfg.suite}.host_allocator", allocator, "is not an allocator setting.",
                         f"Use {cfg.suite}.host_allocator=reuse (as experiments.train) or system (the C library's).")
     for index, case in enumerate(suite.get("overhead") or []):
-        steps, block = int(case.get("steps", 50)), int(case.get("block", 0) or case.get("steps", 50))
-        if block < 1 or steps % block or steps // block < 1:
-            raise UserError(f"{cfg.suite}.overhead[{index}].block", block, f"does not divide steps={steps}.",
-                            "Use a block length that divides the case's steps (the logging period, 50, for a long case).")
+        _check_blocks(f"{cfg.suite}.overhead[{index}]", case)
     if "steps" in cfg.sections:  # checked now, not after the other sections have run for minutes
         from experiments.bench.steps import StepCase
 
         StepCase.from_cfg(suite.steps, key=f"{cfg.suite}.steps")
     return cfg, suite
+
+
+def _check_blocks(key: str, case) -> None:
+    """An overhead case's blocks must divide its steps and, when its window holds a logging step, be a
+    multiple of the logging period: each block then holds one, and the median over blocks cannot drop
+    the work done on those steps (the logger's write, the non-finite guard's read)."""
+    from experiments.core.errors import UserError
+
+    warmup, steps = int(case.get("warmup", 10)), int(case.get("steps", 50))
+    block = int(case.get("block", 0) or steps)
+    if block < 1 or steps % block:
+        raise UserError(f"{key}.block", block, f"does not divide steps={steps}.",
+                        "Use a block length that divides the case's steps (the logging period, 50, for a long case).")
+    period = 50  # conf/trainer/*.yaml's log_every_n_steps, unless the case's overrides say otherwise
+    for override in case.get("overrides") or []:
+        if str(override).startswith("trainer.log_every_n_steps="):
+            period = int(str(override).split("=", 1)[1])
+    logging_steps = [g for g in range(warmup, warmup + steps) if (g + 1) % max(1, period) == 0]
+    if logging_steps and block % period:
+        raise UserError(f"{key}.block", block, f"splits the logging period ({period} steps): the window "
+                        f"{warmup}..{warmup + steps - 1} holds logging step(s) {logging_steps}, which only some "
+                        "blocks would hold, so the median over blocks would leave their work out.",
+                        f"Use a block that is a multiple of {period} (and steps a multiple of the block), or a "
+                        "window without a logging step.")
 
 
 def run(cfg, suite, log=print) -> dict[str, Any]:

@@ -157,7 +157,7 @@ def ours_once(case: Case, overrides: Sequence[str], datamodule, probe_window: in
     if probe_window:
         extra += ["+callbacks.bench_probe._target_=experiments.bench.callbacks.SyncProbe",
                   f"+callbacks.bench_probe.start_step={case.warmup}", f"+callbacks.bench_probe.window={probe_window}"]
-    else:
+    elif rival is None:  # (a paired run is timed by PairedBlocks alone: no per-step clock read or GPU sync)
         extra += ["+callbacks.bench_timer._target_=experiments.bench.callbacks.StepTimer",
                   f"+callbacks.bench_timer.start_step={case.warmup}", *clock]
     try:

@@ -83,8 +83,9 @@ def build_optimizer(cfg: DictConfig, model: nn.Module,
     except RuntimeError as error:  # torch's own refusals of fused kernels (with foreach, differentiable, ...)
         if not settings.get("fused") or "fused" not in str(error):
             raise
+        said = str(error).strip().rstrip(".")
         raise UserError("optimizer.fused", True, f"cannot be used here: {settings.get('_target_')} says "
-                        f"\"{error}\"", "Set optimizer.fused=false to use the other options (fused is on by "
+                        f"\"{said}\".", "Set optimizer.fused=false to use the other options (fused is on by "
                         "default in conf/optimizer/ for speed).") from None
     except (TypeError, ValueError) as error:
         raise UserError("optimizer", settings.get("_target_"), f"rejected its arguments: {error}.",

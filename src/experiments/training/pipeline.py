@@ -93,7 +93,7 @@ def _adopt_resumed_config(cfg: DictConfig, resume_dir: Path, saved: DictConfig, 
 
 
 # Keys a resume may set on the command line besides resume= itself: they change nothing of what was trained.
-_RESUME_KEYS = ("resume", "quiet")
+_RESUME_KEYS = ("resume", "quiet", "host_allocator")  # what a resumed run may set anew (nothing it trains)
 
 
 def _resume_overrides(cfg: DictConfig, saved: DictConfig) -> int | None:
