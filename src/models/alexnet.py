@@ -25,7 +25,13 @@ from typing import Literal
 from torch import nn
 
 from models.activations import Activation, make_activation, require_activation
-from models.errors import require_choice, require_min_input_size, require_positive_int, require_probability
+from models.errors import (
+    require_choice,
+    require_io,
+    require_min_input_size,
+    require_positive_int,
+    require_probability,
+)
 from models.geometry import Window, feature_size, minimum_input_size
 from models.init import init_weights
 from models.interface import FeaturesClassifierMixin
@@ -111,8 +117,6 @@ class ConvFCNet(FeaturesClassifierMixin):
     def _build(self, features: nn.Sequential, windows: list[Window], out_channels: int, in_channels: int,
                num_classes: int, input_size: int, fc_size: int, dropout: float, dropout_placement: str,
                activation: str) -> None:
-        require_positive_int("in_channels", in_channels)
-        require_positive_int("num_classes", num_classes)
         require_positive_int("fc_size", fc_size)
         require_probability("dropout", dropout)
         require_choice("dropout_placement", dropout_placement, DROPOUT_PLACEMENTS)
@@ -145,6 +149,7 @@ class AlexNet(ConvFCNet):
         """``dropout_placement: null`` takes the layout's own: ``paper`` for the paper, ``torchvision`` for
         torchvision's (so its state dicts, ``classifier.1/4/6``, load)."""
         super().__init__()
+        require_io(in_channels, num_classes)  # before the layers are made from them
         require_choice("layout", layout, LAYOUTS)
         require_activation(activation)
         features, windows = (paper_features if layout == "paper" else torchvision_features)(in_channels, activation)

@@ -18,6 +18,7 @@ from models.activations import Activation, make_activation, require_activation
 from models.errors import (
     ModelConfigError,
     require_choice,
+    require_io,
     require_positive_int,
     require_probability,
 )
@@ -79,9 +80,7 @@ class Blueprint(FeaturesClassifierMixin):
         init: str = "kaiming",
     ) -> None:
         super().__init__()
-        require_positive_int("in_channels", in_channels)
-        require_positive_int("num_classes", num_classes)
-        require_positive_int("input_size", input_size)
+        require_io(in_channels, num_classes, input_size)
         _require_count("convs_per_stage", convs_per_stage)
         widths = _require_sizes("stage_widths", stage_widths)
         fcs = _require_sizes("fc_sizes", fc_sizes)

@@ -28,7 +28,7 @@ import torch
 from torch import nn
 from torchvision.ops.misc import Conv2dNormActivation
 
-from models.errors import require_choice, require_min_input_size, require_positive_int, require_probability
+from models.errors import require_choice, require_io, require_min_input_size, require_probability
 from models.geometry import Window, minimum_input_size
 from models.init import init_weights
 from models.interface import FeaturesClassifierMixin
@@ -125,8 +125,7 @@ class BNInception(FeaturesClassifierMixin):
         init: str = "kaiming",
     ) -> None:
         super().__init__()
-        require_positive_int("in_channels", in_channels)
-        require_positive_int("num_classes", num_classes)
+        require_io(in_channels, num_classes)
         require_choice("stem", stem, STEMS)
         require_probability("dropout", dropout)
         require_min_input_size("BN-Inception (a 7x7/2 conv and two unpadded 3x3/2 max pools)", input_size,

@@ -21,6 +21,7 @@ from torch import nn
 from models.errors import (
     ModelConfigError,
     require_choice,
+    require_io,
     require_min_input_size,
     require_positive_int,
     require_probability,
@@ -111,8 +112,7 @@ class DenseNet(ClassifierMixin):
         init: str = "kaiming",
     ) -> None:
         super().__init__()
-        require_positive_int("in_channels", in_channels)
-        require_positive_int("num_classes", num_classes)
+        require_io(in_channels, num_classes)
         require_choice("form", form, FORMS)
         require_positive_int("growth_rate", growth_rate)
         require_positive_int("bn_size", bn_size)

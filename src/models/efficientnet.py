@@ -40,7 +40,7 @@ from torch import nn
 from torchvision.ops import SqueezeExcitation, StochasticDepth
 from torchvision.ops.misc import Conv2dNormActivation
 
-from models.errors import ModelConfigError, require_positive_int, require_probability
+from models.errors import ModelConfigError, require_io, require_probability
 from models.init import init_weights
 from models.interface import FeaturesClassifierMixin
 from models.mobilenet import make_divisible
@@ -133,9 +133,7 @@ class EfficientNet(FeaturesClassifierMixin):
         init: str = "kaiming",
     ) -> None:
         super().__init__()
-        require_positive_int("in_channels", in_channels)
-        require_positive_int("num_classes", num_classes)
-        require_positive_int("input_size", input_size)
+        require_io(in_channels, num_classes, input_size)
         width = _require_multiplier("width_mult", width_mult, "1.0, 1.0, 1.1, 1.2, 1.4, 1.6, 1.8, 2.0")
         depth = _require_multiplier("depth_mult", depth_mult, "1.0, 1.1, 1.2, 1.4, 1.8, 2.2, 2.6, 3.1")
         require_probability("dropout", dropout)

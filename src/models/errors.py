@@ -19,6 +19,15 @@ def require_positive_int(key: str, value: object) -> int:
     return value
 
 
+def require_io(in_channels: object, num_classes: object, input_size: object = None) -> None:
+    """What every family checks first: its input channels, its classes and, unless it checks a minimum
+    size of its own (:func:`require_min_input_size`), its input side, each a positive integer."""
+    require_positive_int("in_channels", in_channels)
+    require_positive_int("num_classes", num_classes)
+    if input_size is not None:
+        require_positive_int("input_size", input_size)
+
+
 def require_choice(key: str, value: object, choices: "list | tuple | dict") -> object:
     if value not in choices:
         valid = ", ".join(str(c) for c in choices)

@@ -21,7 +21,7 @@ import torch
 from torch import nn
 from torchvision.ops.misc import Conv2dNormActivation
 
-from models.errors import require_choice, require_min_input_size, require_positive_int, require_probability
+from models.errors import require_choice, require_io, require_min_input_size, require_probability
 from models.geometry import Window, feature_size, minimum_input_size
 from models.init import init_weights
 from models.interface import ClassifierMixin
@@ -138,8 +138,7 @@ class GoogLeNet(ClassifierMixin):
         init: str = "xavier",
     ) -> None:
         super().__init__()
-        require_positive_int("in_channels", in_channels)
-        require_positive_int("num_classes", num_classes)
+        require_io(in_channels, num_classes)
         require_choice("inception", inception, INCEPTION_KINDS)
         require_probability("dropout", dropout)
         require_probability("aux_dropout", aux_dropout)

@@ -19,7 +19,7 @@ import torch
 from torch import nn
 from torchvision.models.inception import BasicConv2d, Inception3
 
-from models.errors import ModelConfigError, require_positive_int, require_probability
+from models.errors import ModelConfigError, require_io, require_probability
 from models.geometry import Window, minimum_input_size
 from models.init import init_weights
 from models.interface import ClassifierMixin
@@ -62,9 +62,7 @@ class InceptionV3(ClassifierMixin, Inception3):
         """``transform_input``: re-scale ImageNet-normalised inputs to the (x - 0.5) / 0.5 range that
         Google's Inception v3 weights were trained on, as torchvision's ``inception_v3(weights=...)`` does;
         only for those weights (a network trained here learns on the data's own normalisation)."""
-        require_positive_int("in_channels", in_channels)
-        require_positive_int("num_classes", num_classes)
-        require_positive_int("input_size", input_size)
+        require_io(in_channels, num_classes, input_size)
         require_probability("dropout", dropout)
         minimum = minimum_input_size(TO_AUX if aux_logits else TO_GRID_8)
         if input_size < minimum:

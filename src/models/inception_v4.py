@@ -36,8 +36,8 @@ from torch import nn
 from models.errors import (
     ModelConfigError,
     require_choice,
+    require_io,
     require_min_input_size,
-    require_positive_int,
     require_probability,
 )
 from models.geometry import minimum_input_size
@@ -140,8 +140,7 @@ class InceptionResNetV2(FeaturesClassifierMixin):
 
 
 def _check_common(in_channels: int, num_classes: int, input_size: int, dropout: float, name: str) -> None:
-    require_positive_int("in_channels", in_channels)
-    require_positive_int("num_classes", num_classes)
+    require_io(in_channels, num_classes)
     require_probability("dropout", dropout)
     require_min_input_size(f"{name} (its stem and two grid reductions: seven unpadded 3x3 windows, five "
                            "with stride 2)", input_size, minimum_input_size(WINDOWS), 299)

@@ -12,7 +12,13 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from models.errors import ModelConfigError, require_choice, require_positive_int, require_probability
+from models.errors import (
+    ModelConfigError,
+    require_choice,
+    require_io,
+    require_positive_int,
+    require_probability,
+)
 from models.init import init_weights
 from models.interface import FeaturesClassifierMixin, run_classifier
 
@@ -36,9 +42,7 @@ class LeNet5(FeaturesClassifierMixin):
         init: str = "xavier",
     ) -> None:
         super().__init__()
-        require_positive_int("in_channels", in_channels)
-        require_positive_int("num_classes", num_classes)
-        require_positive_int("input_size", input_size)
+        require_io(in_channels, num_classes, input_size)
         require_choice("activation", activation, _ACTIVATIONS)
         require_choice("pool", pool, _POOLS)
         require_probability("dropout", dropout)

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 from torchvision.ops.misc import Conv2dNormActivation
 
-from models.errors import ModelConfigError, require_min_input_size, require_positive_int, require_probability
+from models.errors import ModelConfigError, require_io, require_min_input_size, require_probability
 from models.init import init_weights
 from models.interface import FeaturesClassifierMixin
 
@@ -64,8 +64,7 @@ class MobileNetV1(FeaturesClassifierMixin):
         init: str = "kaiming",
     ) -> None:
         super().__init__()
-        require_positive_int("in_channels", in_channels)
-        require_positive_int("num_classes", num_classes)
+        require_io(in_channels, num_classes)
         require_probability("dropout", dropout)
         alpha = _require_width(width_multiplier)
         require_min_input_size("MobileNet v1 (five stride-2 layers)", input_size, 32, 224)
@@ -118,8 +117,7 @@ class MobileNetV2(FeaturesClassifierMixin):
         init: str = "kaiming",
     ) -> None:
         super().__init__()
-        require_positive_int("in_channels", in_channels)
-        require_positive_int("num_classes", num_classes)
+        require_io(in_channels, num_classes)
         require_probability("dropout", dropout)
         alpha = _require_width(width_multiplier)
         require_min_input_size("MobileNet v2 (five stride-2 layers)", input_size, 32, 224)

@@ -38,7 +38,7 @@ from torch import nn
 from torchvision.ops import SqueezeExcitation
 from torchvision.ops.misc import Conv2dNormActivation
 
-from models.errors import ModelConfigError, require_choice, require_positive_int, require_probability
+from models.errors import ModelConfigError, require_choice, require_io, require_probability
 from models.init import init_weights
 from models.interface import FeaturesClassifierMixin
 from models.mobilenet import make_divisible
@@ -142,9 +142,7 @@ class MobileNetV3(FeaturesClassifierMixin):
         init: str = "kaiming",
     ) -> None:
         super().__init__()
-        require_positive_int("in_channels", in_channels)
-        require_positive_int("num_classes", num_classes)
-        require_positive_int("input_size", input_size)
+        require_io(in_channels, num_classes, input_size)
         require_choice("variant", variant, VARIANTS)
         require_probability("dropout", dropout)
         alpha = _require_width(width_multiplier)

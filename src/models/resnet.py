@@ -34,7 +34,13 @@ from torch import nn
 from torchvision.ops import SqueezeExcitation, StochasticDepth
 
 from models.activations import Activation, make_activation, require_activation
-from models.errors import ModelConfigError, require_choice, require_positive_int, require_probability
+from models.errors import (
+    ModelConfigError,
+    require_choice,
+    require_io,
+    require_positive_int,
+    require_probability,
+)
 from models.init import init_weights
 from models.interface import ClassifierMixin
 
@@ -277,8 +283,7 @@ class ResNet(ClassifierMixin):
         init: str = "kaiming",
     ) -> None:
         super().__init__()
-        require_positive_int("in_channels", in_channels)
-        require_positive_int("num_classes", num_classes)
+        require_io(in_channels, num_classes)
         require_choice("form", form, FORMS)
         require_choice("block", block, BLOCKS)
         require_choice("shortcut", shortcut, SHORTCUTS)

@@ -24,7 +24,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from models.errors import ModelConfigError, require_positive_int, require_probability
+from models.errors import ModelConfigError, require_io, require_probability
 from models.init import init_weights
 from models.interface import ClassifierMixin
 
@@ -110,9 +110,7 @@ class ShuffleNetV2(ClassifierMixin):
         init: str = "kaiming",
     ) -> None:
         super().__init__()
-        require_positive_int("in_channels", in_channels)
-        require_positive_int("num_classes", num_classes)
-        require_positive_int("input_size", input_size)
+        require_io(in_channels, num_classes, input_size)
         require_probability("dropout", dropout)
         *stage_widths, last = STAGE_WIDTHS[_require_width(width_multiplier)]
         self.conv1 = nn.Sequential(nn.Conv2d(in_channels, STEM_CHANNELS, 3, stride=2, padding=1, bias=False),

@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from models.errors import require_choice, require_min_input_size, require_positive_int, require_probability
+from models.errors import require_choice, require_io, require_min_input_size, require_probability
 from models.geometry import Window, minimum_input_size
 from models.init import init_weights
 from models.interface import ClassifierMixin
@@ -88,8 +88,7 @@ class SqueezeNet(ClassifierMixin):
         init: str = "kaiming",
     ) -> None:
         super().__init__()
-        require_positive_int("in_channels", in_channels)
-        require_positive_int("num_classes", num_classes)
+        require_io(in_channels, num_classes)
         version = str(version)
         require_choice("version", version, VERSIONS)
         require_probability("dropout", dropout)

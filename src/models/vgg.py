@@ -13,7 +13,13 @@ from __future__ import annotations
 from torch import nn
 
 from models.activations import Activation, make_activation, require_activation
-from models.errors import require_choice, require_min_input_size, require_positive_int, require_probability
+from models.errors import (
+    require_choice,
+    require_io,
+    require_min_input_size,
+    require_positive_int,
+    require_probability,
+)
 from models.init import init_weights
 from models.interface import FeaturesClassifierMixin
 
@@ -67,8 +73,7 @@ class VGG(FeaturesClassifierMixin):
         init: str = "kaiming",
     ) -> None:
         super().__init__()
-        require_positive_int("in_channels", in_channels)
-        require_positive_int("num_classes", num_classes)
+        require_io(in_channels, num_classes)
         require_positive_int("fc_size", fc_size)
         require_probability("dropout", dropout)
         self.activation = require_activation(activation)

@@ -24,7 +24,7 @@ import torch
 from torch import nn
 from torchvision.ops.misc import Conv2dNormActivation
 
-from models.errors import require_min_input_size, require_positive_int, require_probability
+from models.errors import require_io, require_min_input_size, require_probability
 from models.geometry import Window, minimum_input_size
 from models.init import init_weights
 from models.interface import FeaturesClassifierMixin
@@ -98,8 +98,7 @@ class Xception(FeaturesClassifierMixin):
         init: str = "kaiming",
     ) -> None:
         super().__init__()
-        require_positive_int("in_channels", in_channels)
-        require_positive_int("num_classes", num_classes)
+        require_io(in_channels, num_classes)
         require_probability("dropout", dropout)
         require_min_input_size("Xception (two unpadded 3x3 convs, the first of stride 2)", input_size,
                                minimum_input_size(WINDOWS), 299)

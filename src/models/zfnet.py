@@ -13,6 +13,7 @@ from torch import nn
 
 from models.activations import Activation, make_activation, require_activation
 from models.alexnet import ConvFCNet, DropoutPlacement, local_response_norm
+from models.errors import require_io
 from models.init import init_weights
 
 
@@ -32,6 +33,7 @@ class ZFNet(ConvFCNet):
         init: str = "gaussian",
     ) -> None:
         super().__init__()
+        require_io(in_channels, num_classes)  # before the layers are made from them
         require_activation(activation)
         features = nn.Sequential(
             nn.Conv2d(in_channels, 96, kernel_size=7, stride=2, padding=1),

@@ -101,3 +101,27 @@ def test_resnet_options_that_need_each_other() -> None:
     with pytest.raises(ModelConfigError, match="basic blocks") as info:
         ResNet(depth=50, block_dropout=0.3)
     assert info.value.key == "block_dropout"
+
+
+def _family_classes() -> list[str]:
+    """Every model class a config in conf/model/ builds (its ``_target_``)."""
+    from omegaconf import OmegaConf
+
+    from tests.conftest import CONF
+
+    targets = {str(OmegaConf.load(path).get("_target_", "")) for path in (CONF / "model").glob("*.yaml")}
+    return sorted(t for t in targets if t.startswith("models."))
+
+
+@pytest.mark.parametrize("target", _family_classes())
+@pytest.mark.parametrize("key", ["in_channels", "num_classes"])
+def test_every_family_refuses_zero_channels_or_classes_before_building_a_layer(target, key) -> None:
+    import warnings
+
+    from hydra.utils import get_class
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a layer built with 0 channels warns ("zero-element tensors")
+        with pytest.raises(ModelConfigError, match=rf"model\.{key}=0: must be a positive integer") as info:
+            get_class(target)(**{key: 0})
+    assert info.value.key == key
