@@ -70,3 +70,22 @@ def test_relu_only_analyses_name_the_activation_the_network_was_built_with(activ
             require_relu_modules(model, x, "deconvnet")
         assert f"model.activation={activation}" in str(refused.value)
     assert require_relu_modules(Blueprint(), x, "deconvnet") == 3  # the default: two conv stages and one FC layer
+
+
+@pytest.mark.parametrize("name", ["resnet18", "resnext50_32x4d", "wrn16_8", "resnet20"])
+def test_every_resnet_family_takes_the_activation_key_without_plus(name):
+    """`activation` lives in the shared ResNet base config: every family composes `model.activation=elu`
+    as a plain override, and the network it builds uses ELU and no ReLU outside squeeze-and-excitation."""
+    from hydra import compose, initialize_config_dir
+    from hydra.utils import instantiate
+    from omegaconf import OmegaConf
+    from tests.conftest import CONF
+
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose(config_name="train", overrides=[f"model={name}", "model.activation=elu"])
+    node = {k: v for k, v in OmegaConf.to_container(cfg.model, resolve=True).items()
+            if k not in ("paper", "channels_last")}
+    with torch.device("meta"):
+        model = instantiate(node, in_channels=3, num_classes=10, input_size=64)
+    kinds = {type(m).__name__ for m in model.modules()}
+    assert "ELU" in kinds and "ReLU" not in kinds
