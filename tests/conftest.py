@@ -82,6 +82,18 @@ def assert_refused(result: subprocess.CompletedProcess, words: list[str] = (), c
         assert word in message, (word, message[-2000:])
 
 
+def refused_in_process(main, argv: list[str], capsys, words: list[str] = ()) -> str:
+    """Run a command's entry point in-process (no start-up): it must exit 2 with one paragraph naming
+    ``words`` (line breaks ignored). Returns that message."""
+    with pytest.raises(SystemExit) as stop:
+        main(argv)
+    assert stop.value.code == 2
+    message = " ".join(capsys.readouterr().err.split())
+    for word in words:
+        assert word in message, (word, message)
+    return message
+
+
 def tree_hashes(folder: Path) -> dict[str, str]:
     """Every file under ``folder`` with its sha256, and every folder (as ``<folder>``): to prove a command
     changed nothing there, not even an empty folder left behind."""

@@ -230,13 +230,11 @@ class _StepMask:
                                  torch.Tensor]] = []  # (tensors, snapshot views, snapshot, current views, current)
         self._armed = False
         self._optimizer: torch.optim.Optimizer | None = None
-        self._states_before = 0
-        self._params_with_state: set = set()
+        self._params_with_state: set = set()  # parameters that had optimizer state before the step
         self._fused = False
 
     def before_step(self, optimizer: torch.optim.Optimizer, params: list[torch.Tensor], flag: torch.Tensor) -> None:
         self._optimizer, self._armed = optimizer, True
-        self._states_before = len(optimizer.state)
         self._params_with_state = set(optimizer.state)  # on both routes: the state a bad first step creates goes
         # The groups decide, not the defaults: a fused optimizer that loaded a non-fused checkpoint's state
         # (a resumed run) has fused=None in its groups and runs the for-loop kernels, which ignore found_inf.
@@ -245,7 +243,7 @@ class _StepMask:
         if self._fused:
             optimizer.found_inf = flag  # read by torch's fused kernels: they skip the update on the device
             return
-        key = (id(optimizer), len(params), self._states_before)
+        key = (id(optimizer), len(params), len(self._params_with_state))
         if key != self._key:
             self._build(optimizer, params, flag.device)
             self._key = key
@@ -269,7 +267,7 @@ class _StepMask:
                     current.nan_to_num_(0.0, 0.0, 0.0).mul_(keep.to(current.dtype)).addcmul_(
                         snapshot, flag.to(current.dtype))
                     torch._foreach_copy_(tensors, views)
-        return len(optimizer.state) != self._states_before
+        return len(optimizer.state) != len(self._params_with_state)
 
     def drop_new_state(self) -> None:
         """Forget the optimizer state created by a step that was undone or skipped (made from bad gradients,

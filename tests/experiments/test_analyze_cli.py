@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
-from tests.conftest import TINY, assert_refused, run_cli, tree_hashes
+from tests.conftest import TINY, assert_refused, refused_in_process, run_cli, tree_hashes
 
 ALL_BUT_CAM = ["saliency", "occlusion", "gradcam", "gradcampp", "max_activating", "tsne", "class_model", "fgsm",
                "pgd", "feature_inversion", "loss_landscape", "guided_backprop", "deconvnet", "guided_gradcam",
@@ -104,12 +104,7 @@ def test_bad_analysis_inputs_are_one_paragraph_and_write_nothing(lenet_run, args
     from experiments.analysis.analyze import main
 
     before = tree_hashes(lenet_run)
-    with pytest.raises(SystemExit) as stop:  # in-process: the CLI's own entry point, without the start-up
-        main([f"run={lenet_run}", *args])
-    assert stop.value.code == 2
-    message = capsys.readouterr().err
-    for word in words:
-        assert word in message, (word, message)
+    refused_in_process(main, [f"run={lenet_run}", *args], capsys, words)
     assert tree_hashes(lenet_run) == before
 
 

@@ -143,8 +143,6 @@ def ours_once(case: Case, overrides: Sequence[str], datamodule, probe_window: in
     the per-block ratios. With ``probe_window`` > 0 the run is not timed but probed: host reads of
     tensor values per step.
     """
-    import pytorch_lightning as pl
-
     from experiments.bench.callbacks import PairedBlocks, StepTimer, SyncProbe
     from experiments.training.build import build_module, build_trainer
 
@@ -211,9 +209,9 @@ class BareModule(pl.LightningModule):
 
 
 def bare_once(case: Case, cfg, datamodule, rival: PlainLoop) -> dict[str, Any]:
-    """A bare Lightning Trainer (the loss alone: no logger, callbacks, checkpoints, progress bar; the
-    :class:`~experiments.bench.steps.BareModule` of the steps section) paired with the plain loop like
-    :func:`ours_once`: what Lightning's loop costs before anything of ours is added."""
+    """A bare Lightning Trainer (:class:`BareModule`, the loss alone: no logger, callbacks, checkpoints,
+    progress bar; the steps section uses it too) paired with the plain loop like :func:`ours_once`: what
+    Lightning's loop costs before anything of ours is added."""
     from experiments.bench.callbacks import PairedBlocks
     from experiments.training.build import build_model, input_shape_of
 
@@ -405,7 +403,7 @@ def overhead(case: Case, rounds: int, data_path: bool = False, data_steps: int =
             bare_rounds.append(bare_once(case, cfg, datamodule, rival))
         if data_path:
             data_samples.append(data_path_once(datamodule, device, min(case.warmup, 5), data_steps, case.clock))
-    block_ratios = [r for item in paired_rounds for r in item["ratios"]]
+    ours = paired_summary(paired_rounds, "ours")
     images = case.block_steps * case.batch_size
 
     def images_per_s(key: str) -> list[float]:  # per round, over the timed blocks (the rival's all of them)
@@ -422,30 +420,33 @@ def overhead(case: Case, rounds: int, data_path: bool = False, data_steps: int =
         "channels_last": case.channels_last, "device": device.type, "rounds": rounds, "clock": case.clock,
         "method": "alternating blocks inside one run; per block of ours: mean of the plain blocks before and "
                   "after / ours; median over all blocks of all rounds",
-        "ratio_ours_over_plain": median(block_ratios),
-        "block_ratios": block_ratios, "round_medians": [median(item["ratios"]) for item in paired_rounds],
-        "block_ratio_quartiles": quartiles(block_ratios),
+        "ratio_ours_over_plain": ours.pop("ratio"), **ours,
         "samples_images_per_s": samples,
         "ours_images_per_s": median(samples["ours"]), "plain_images_per_s": median(samples["plain"]),
         "ratio_of_medians_ours_over_plain": ratio_of_medians(samples["ours"], samples["plain"]),
-        "block_seconds": [{"ours": item["ours_block_seconds"], "plain": item["plain_block_seconds"]}
-                          for item in paired_rounds],
     }
     if bare_rounds:
-        bare_ratios = [r for item in bare_rounds for r in item["ratios"]]
-        result["lightning"] = {
-            "ratio_over_plain": median(bare_ratios), "block_ratios": bare_ratios,
-            "round_medians": [median(item["ratios"]) for item in bare_rounds],
-            "block_ratio_quartiles": quartiles(bare_ratios),
-            "block_seconds": [{"lightning": item["ours_block_seconds"], "plain": item["plain_block_seconds"]}
-                              for item in bare_rounds]}
-        result["ratio_ours_over_lightning"] = result["ratio_ours_over_plain"] / median(bare_ratios)
+        bare = paired_summary(bare_rounds, "lightning")
+        result["lightning"] = {"ratio_over_plain": bare.pop("ratio"), **bare}
+        result["ratio_ours_over_lightning"] = result["ratio_ours_over_plain"] / result["lightning"]["ratio_over_plain"]
     if data_path:
         result["data_images_per_s"] = median(data_samples)
         result["ratio_data_over_ours_training"] = ratio(data_samples, samples["ours"])
     if probe_window:
         result["sync_probe"] = ours_once(case, used, datamodule, probe_window=probe_window)
     return result
+
+
+def paired_summary(rounds: list[dict[str, Any]], side: str) -> dict[str, Any]:
+    """The figures of paired runs (:func:`ours_once` or :func:`bare_once`, one per round): the median over
+    every block of every round, per-round medians, quartiles, and each block's seconds (``side`` names
+    the contender's blocks beside the plain loop's)."""
+    ratios = [r for item in rounds for r in item["ratios"]]
+    return {"ratio": median(ratios), "block_ratios": ratios,
+            "round_medians": [median(item["ratios"]) for item in rounds],
+            "block_ratio_quartiles": quartiles(ratios),
+            "block_seconds": [{side: item["ours_block_seconds"], "plain": item["plain_block_seconds"]}
+                              for item in rounds]}
 
 
 def quartiles(values: Sequence[float]) -> list[float]:
