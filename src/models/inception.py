@@ -99,7 +99,12 @@ class InceptionV3(ClassifierMixin, Inception3):
         return x if pre_logits else self.fc(x)
 
     def _forward_features(self, x: torch.Tensor, with_aux: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """The feature map, and the auxiliary logits on the 17x17 grid when ``with_aux``."""
+        """The feature map, and the auxiliary logits on the 17x17 grid when ``with_aux``.
+
+        ``transform_input`` (torchvision's ``_transform_input``) re-scales the channels first: it is part
+        of the network's function, so ``forward_features`` and every tool that starts from it see it too.
+        """
+        x = self._transform_input(x)
         for name in BEFORE_AUX:
             x = getattr(self, name)(x)
         aux = self.AuxLogits(x) if with_aux else None

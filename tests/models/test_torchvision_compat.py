@@ -1,10 +1,13 @@
 """torchvision state dicts load strictly into the zoo's twin configs and give the same logits.
 
 Weights are never downloaded: torchvision builds its model with random weights (``weights=None``), its
-BatchNorm statistics are randomised too, and its ``state_dict()`` is loaded strictly into the model
-that the twin config (``models.torchvision_twins.TWINS``) builds the way training does (``conf/train.yaml``
-composed with ``model=<config>``). Both run in eval mode on the same random image, at the smallest size
-both take (VGG and AlexNet need 224: their FC layers are sized for it). Our model is built on the meta
+BatchNorm scales and statistics are set too (statistics measured on a random batch, so the signal
+survives a deep net in eval mode; a test whose logits do not depend on the image would prove nothing,
+and the test checks that they do), and its ``state_dict()`` is loaded strictly into the model that the
+twin config (``models.torchvision_twins.TWINS``) builds the way training does (``conf/train.yaml``
+composed with ``model=<config>``). Both run on the same random images, in eval mode and in training mode
+(batch statistics, the same dropout draws, auxiliary heads), at the smallest size both take (VGG and
+AlexNet need 224: their FC layers are sized for it; Inception v3's auxiliary head 299). Our model is built on the meta
 device and takes torchvision's tensors (``assign=True``): the constructor and the strict key and shape
 check are the real ones, and ~1.5 G parameters are not initialised twice.
 """
@@ -33,7 +36,7 @@ CLASSIC_PREFIXES = ("alexnet", "vgg", "resnet", "resnext", "wide_resnet", "dense
                     "inception_v3", "mobilenet_v2", "mobilenet_v3", "shufflenet_v2", "efficientnet_b")
 NO_TWIN = {"googlenet": "the zoo's googlenet is the paper's (real 5x5 branches, LRN); torchvision's uses 3x3 and BN"}
 FC_SIZED_FOR_224 = ("alexnet", "vgg")  # torchvision's adaptive pool feeds a 224-sized FC; ours has none
-SMALLEST = {"inception_v3": 75}  # everything else takes 32x32
+SMALLEST = {"inception_v3": 299}  # its auxiliary head (training mode) needs a 17x17 grid; all else takes 32x32
 
 
 def input_side(builder: str) -> int:
@@ -58,17 +61,24 @@ def from_config(config: str, *overrides: str) -> nn.Module:
 
 
 def torchvision_model(builder: str) -> nn.Module:
-    """torchvision's model with random weights and random BatchNorm statistics (so a swap would show)."""
+    """torchvision's model with random weights, random BatchNorm scales and shifts, and running statistics
+    measured on a random batch (so a swap of mean and variance would show, and, unlike statistics drawn
+    at random, they keep the signal alive through a deep net in eval mode)."""
     options = {"init_weights": False} if builder == "inception_v3" else {}  # its truncnorm init is slow
-    model = tv.get_model(builder, weights=None, **options, **WITH_WEIGHTS.get(builder, ({}, []))[0]).eval()
+    model = tv.get_model(builder, weights=None, **options, **WITH_WEIGHTS.get(builder, ({}, []))[0])
+    norms = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
+    momenta = [m.momentum for m in norms]
+    side = input_side(builder)
     with torch.no_grad():
-        for module in model.modules():
-            if isinstance(module, nn.BatchNorm2d):
-                module.running_mean.uniform_(-0.5, 0.5)
-                module.running_var.uniform_(0.5, 2.0)
-                module.weight.uniform_(0.5, 1.5)
-                module.bias.uniform_(-0.5, 0.5)
-    return model
+        for module in norms:
+            module.weight.uniform_(0.5, 1.5)
+            module.bias.uniform_(-0.5, 0.5)
+            module.reset_running_stats()
+            module.momentum = None  # a cumulative average: after one batch, that batch's statistics
+        model.train()(torch.randn(2, 3, side, side))
+    for module, momentum in zip(norms, momenta):
+        module.momentum = momentum
+    return model.eval()
 
 
 def logits(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -97,6 +107,40 @@ def test_torchvision_weights_load_strictly_into_the_twin_config_and_give_the_sam
     assert actual.shape == (1, 1000) and torch.isfinite(expected).all() and expected.abs().max() > 0
     scale = float(expected.abs().max())
     torch.testing.assert_close(actual, expected, rtol=1e-4, atol=1e-4 * scale)
+    # Not vacuous: the logits depend on the image far beyond the tolerance (random weights can make a
+    # deep net's output almost its last bias, which any two functions would share).
+    other = logits(reference, torch.randn(1, 3, side, side))
+    assert float((other - expected).abs().max()) > 100 * 1e-4 * scale
+
+
+def train_outputs(model: nn.Module, x: torch.Tensor) -> list[torch.Tensor]:
+    """A training-mode forward (batch statistics, dropout drawn from seed 0): the logits, then any
+    auxiliary logits (torchvision's named tuples and our plain tuples alike)."""
+    torch.manual_seed(0)
+    with torch.no_grad():
+        out = model.train()(x)
+    return [t for t in (out if isinstance(out, tuple) else (out,)) if t is not None]
+
+
+@pytest.mark.parametrize(("builder", "config"), list(TWINS.items()), ids=list(TWINS))
+def test_the_twin_computes_torchvisions_function_in_training_mode_too(builder: str, config: str) -> None:
+    """Batch statistics keep the signal of every layer alive (random running statistics can flatten a
+    deep net's eval logits), and the same dropout draws must fall on the same units: every step of the
+    function, input transforms included, has to be torchvision's."""
+    torch.manual_seed(0)
+    reference = torchvision_model(builder)
+    model = from_config(config, *WITH_WEIGHTS.get(builder, ({}, []))[1])
+    model.load_state_dict(reference.state_dict(), strict=True, assign=True)
+    side = input_side(builder)
+    x = torch.randn(2, 3, side, side)
+    expected, actual = train_outputs(reference, x), train_outputs(model, x)
+    assert len(actual) == len(expected)
+    for ours, theirs in zip(actual, expected):
+        scale = float(theirs.abs().max())
+        torch.testing.assert_close(ours, theirs, rtol=1e-4, atol=1e-4 * scale)
+    for name, buffer in reference.state_dict().items():  # the same batch statistics went into the running ones
+        if name.endswith("running_mean"):
+            torch.testing.assert_close(model.state_dict()[name], buffer, rtol=1e-4, atol=1e-5)
 
 
 @pytest.mark.parametrize(("config", "twin"), [("resnet50", "resnet50_v15"), ("resnet101", "resnet101_v15"),
