@@ -31,6 +31,25 @@ from data.errors import DataConfigError
 
 log = logging.getLogger(__name__)
 
+
+def last_batch_is_one_image(images: int, batch_size: int, trainer: Any = None) -> bool:
+    """Whether an epoch's last training batch would hold a single image (on each rank under DDP, whose
+    sampler gives every rank ``ceil(images / world_size)``): then the training loader drops it.
+
+    BatchNorm cannot take batch statistics of one image where a map is 1x1 (a CIFAR ResNet-18's last
+    stage, any BN after global pooling): PyTorch stops the run mid-epoch with "Expected more than 1 value
+    per channel". Dropping that batch loses one image of a reshuffled epoch (a different one each epoch),
+    as long as a full batch remains; Lightning counts the epoch's batches from the loader, so schedules
+    and progress agree.
+    """
+    world = int(getattr(trainer, "world_size", 1) or 1) if trainer is not None else 1
+    per_rank = -(-images // world)
+    dropped = per_rank > batch_size and per_rank % batch_size == 1
+    if dropped:
+        log.info("data: the last training batch would hold 1 image (%d per rank, batch %d): dropped each epoch, "
+                 "as BatchNorm cannot train on one image", per_rank, batch_size)
+    return dropped
+
 # With device_resident=auto a split goes to the GPU when it takes at most this share of the device's free
 # memory at the time its loader is made (the rest is for the weights, activations and the allocator's
 # workspace; the splits that come later see what the earlier ones left). A quarter keeps e.g. all of
@@ -404,6 +423,7 @@ class InMemoryDataModule(pl.LightningDataModule):
             self._apply_resume()
         size = self.batch_size if shuffle else self.eval_batch_size
         resident = dataset.labels.device.type != "cpu"
+        drop_last = shuffle and last_batch_is_one_image(len(dataset), size, getattr(self, "trainer", None))
         # batch_size + sampler (not a batch_sampler): Lightning's DDP swaps in a DistributedSampler and
         # keeps the batch size; with a batch_sampler it would rebuild the loader with batch_size=None.
         # The fetcher still hands each whole batch of indices to TensorBatches.__getitems__.
@@ -411,7 +431,7 @@ class InMemoryDataModule(pl.LightningDataModule):
             dataset,
             batch_size=size,
             sampler=sampler,
-            drop_last=False,
+            drop_last=drop_last,
             collate_fn=already_batched,
             # Its own generator: creating an iterator then draws no number from torch's global RNG,
             # whose per-epoch state (dropout, augmentation) must not depend on when loaders start.
