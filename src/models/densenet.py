@@ -141,6 +141,10 @@ class DenseNet(ClassifierMixin):
             channels = block.out_channels
             if index != len(blocks) - 1:
                 out = int(channels * compression)
+                if out < 1:
+                    raise ModelConfigError("compression", compression, f"leaves transition{index + 1} with "
+                                           f"int({channels} x {compression}) = 0 channels.",
+                                           f"Use at least {1 / channels:.3g} (0.5 is DenseNet-BC's).")
                 self.features.add_module(f"transition{index + 1}", Transition(channels, out))
                 channels = out
         self.features.add_module(f"norm{len(blocks) + 1}", nn.BatchNorm2d(channels))

@@ -46,6 +46,10 @@ class LeNet5(FeaturesClassifierMixin):
         require_choice("activation", activation, _ACTIVATIONS)
         require_choice("pool", pool, _POOLS)
         require_probability("dropout", dropout)
+        if len(conv_channels) != 2:
+            raise ModelConfigError("conv_channels", list(conv_channels), "must hold two widths, C1's and C3's (LeNet-5 "
+                                   "has two convolutional layers; the paper's are 6 and 16).",
+                                   "Use e.g. model.conv_channels=[6,16].")
         c1, c3 = (require_positive_int("conv_channels", c) for c in conv_channels)
         # Two rounds of 5x5 valid conv (-4) then 2x2 pooling (/2).
         feature_size = ((input_size - 4) // 2 - 4) // 2

@@ -9,7 +9,7 @@ import torch
 from lightning_fabric.utilities.data import _set_sampler_epoch
 
 from data.base import last_batch_is_one_image
-from tests.conftest import TINY, run_cli, run_folders
+from tests.conftest import TINY, assert_refused, run_cli, run_folders
 from tests.data.formats import build
 
 
@@ -54,3 +54,28 @@ def test_a_batchnorm_net_whose_last_map_is_1x1_trains_when_an_epoch_would_end_in
             "data.num_test=8", "trainer.max_epochs=1", cwd=tmp_path, check=True)  # 9 = 2 * 4 + 1 images
     (run,) = run_folders(tmp_path / "outputs")
     assert (run / "checkpoints" / "last.ckpt").is_file()
+
+
+def test_a_batch_size_of_one_is_refused_for_a_net_with_a_one_value_batchnorm_and_nothing_is_written(tmp_path) -> None:
+    result = run_cli("experiments.train", *TINY, "model=resnet18", "data.in_channels=3", "data.mean=[0.5,0.5,0.5]",
+                     "data.std=[0.25,0.25,0.25]", "data.batch_size=1", cwd=tmp_path)
+    assert_refused(result, ["data.batch_size=1", "BatchNorm", "layer4.0.bn1", "data.batch_size >= 2"])
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_batch_size_of_one_still_trains_a_net_without_batchnorm(tmp_path) -> None:
+    run_cli("experiments.train", *TINY, "data.batch_size=1", "trainer.max_steps=3", cwd=tmp_path, check=True)
+    (run,) = run_folders(tmp_path / "outputs")
+    assert (run / "checkpoints" / "last.ckpt").is_file()
+
+
+def test_one_value_norms_names_the_batchnorms_after_the_map_is_1x1() -> None:
+    from torch import nn
+
+    from experiments.training.build import one_value_norms
+
+    net = nn.Sequential(nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4), nn.AdaptiveAvgPool2d(1), nn.BatchNorm2d(4),
+                        nn.Flatten(), nn.Linear(4, 4), nn.BatchNorm1d(4))
+    assert one_value_norms(net, (1, 8, 8)) == ["3", "6"]  # 6x6 maps give 36 values a channel; the rest 1
+    assert one_value_norms(net, (1, 3, 3)) == ["1", "3", "6"]  # a 3x3 input leaves a 1x1 map after the conv
+    assert net.training

@@ -125,3 +125,37 @@ def test_every_family_refuses_zero_channels_or_classes_before_building_a_layer(t
         with pytest.raises(ModelConfigError, match=rf"model\.{key}=0: must be a positive integer") as info:
             get_class(target)(**{key: 0})
     assert info.value.key == key
+
+
+def test_a_densenet_compression_that_leaves_a_transition_no_channels_is_named_before_it_is_built() -> None:
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with pytest.raises(ModelConfigError, match=r"transition1 with int\(256 x 0.001\) = 0 channels") as info:
+            DenseNet(depth=121, compression=0.001)  # 64 + 6 * 32 = 256 channels enter transition1
+    assert info.value.key == "compression" and "0.00391" in str(info.value)  # 1 / 256
+
+
+def test_lenet5_takes_exactly_two_conv_widths() -> None:
+    with pytest.raises(ModelConfigError, match="two widths") as info:
+        LeNet5(conv_channels=(6,))
+    assert info.value.key == "conv_channels"
+
+
+def test_any_layer_rounded_down_to_zero_width_is_refused_in_one_paragraph_without_a_warning() -> None:
+    """The net under every family: a model whose constructor does not check its widths (here a bare
+    torch layer as the model node) still cannot hand training a layer with no weights (torch only warns)."""
+    import warnings
+
+    from omegaconf import OmegaConf
+
+    from experiments.core.errors import UserError
+    from experiments.training.build import build_model
+
+    node = OmegaConf.create({"_target_": "torch.nn.Conv2d", "in_channels": 3, "out_channels": 0, "kernel_size": 1})
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with pytest.raises(UserError, match=r"builds layer\(s\) <the model itself> with zero channels") as info:
+            build_model(node)
+    assert "torch.nn.Conv2d" in str(info.value) and "Raise it" in str(info.value)

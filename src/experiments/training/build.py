@@ -26,15 +26,33 @@ def constructor_config(cfg: DictConfig, drop: tuple[str, ...]) -> DictConfig:
 
 def build_model(model_cfg: DictConfig, input_shape: tuple[int, int, int] | None = None):
     """Instantiate the model of ``model_cfg``; with ``input_shape`` (C, H, W), check it can take it."""
+    import warnings
+
     from models.errors import ModelConfigError
 
     try:
-        model = instantiate_or_explain(constructor_config(model_cfg, MODEL_METADATA_KEYS), "model")
+        with warnings.catch_warnings():  # a zero-width layer is refused below, in one paragraph
+            warnings.filterwarnings("ignore", message="Initializing zero-element tensors")
+            model = instantiate_or_explain(constructor_config(model_cfg, MODEL_METADATA_KEYS), "model")
     except ModelConfigError as error:
         raise _named_as_set(error, model_cfg) from None
+    _refuse_empty_layers(model, model_cfg)
     if input_shape is not None:
         check_model_accepts(model, input_shape, model_cfg.get("_target_", "?"))
     return model
+
+
+def _refuse_empty_layers(model, model_cfg: DictConfig) -> None:
+    """A width, ratio or multiplier small enough to round a layer down to zero channels builds a network
+    that cannot compute anything (torch only warns); name the layers. The families check their own keys
+    where they can (DenseNet's ``compression``); this is the net under every family."""
+    empty = [name or "<the model itself>" for name, module in model.named_modules()
+             if any(p.numel() == 0 for p in module.parameters(recurse=False))]
+    if empty:
+        where = ", ".join(empty[:3]) + (f" and {len(empty) - 3} more" if len(empty) > 3 else "")
+        raise UserError("model", str(model_cfg.get("_target_", "?")), f"builds layer(s) {where} with zero channels "
+                        "or features: a width, ratio or multiplier among the model's keys rounds them down to nothing.",
+                        "Raise it (python -m experiments.train --cfg job shows the model's keys and their values).")
 
 
 def _named_as_set(error: Exception, model_cfg: DictConfig) -> Exception:
@@ -72,6 +90,28 @@ def check_model_accepts(model, input_shape: tuple[int, int, int], name: str) -> 
         ) from None
     finally:
         model.train(was_training)
+
+
+def one_value_norms(model, input_shape: tuple[int, int, int]) -> list[str]:
+    """Names of the BatchNorm layers that see one value per channel per image (a 1x1 map, or a vector
+    after global pooling) at this input size: in training mode they need at least two images a batch.
+    Found with a 2-image eval forward pass (no running statistics change)."""
+    import torch
+    from torch import nn
+
+    found: list[str] = []
+    hooks = [module.register_forward_pre_hook(
+        lambda _module, args, name=name: found.append(name) if args[0][0, 0].numel() == 1 else None)
+        for name, module in model.named_modules() if isinstance(module, nn.modules.batchnorm._BatchNorm)]
+    was_training = model.training
+    try:
+        with torch.no_grad():
+            model.eval()(torch.zeros(2, *input_shape))
+    finally:
+        model.train(was_training)
+        for hook in hooks:
+            hook.remove()
+    return list(dict.fromkeys(found))
 
 
 def build_network(cfg: DictConfig, *, load_source: bool = False, device: str | None = None):

@@ -140,6 +140,7 @@ def _prepare(cfg: DictConfig, resume_dir: Path | None) -> dict[str, Any]:
     module = build_module(cfg, network)
     transferred = network.transferred
     _check_optimization(cfg, module, datamodule)
+    _check_batch_statistics(cfg, module, datamodule)
     profile = profile_of(cfg)
     run_dir = Path(cfg.paths.run_dir)
     ckpt_path = None
@@ -169,6 +170,31 @@ def _check_optimization(cfg: DictConfig, module, datamodule) -> None:
     optimizer = build_optimizer(cfg.optimizer, module.model, module.lr_scales)  # thrown away: Lightning builds its own
     if cfg.get("scheduler") is not None and cfg.scheduler.get("_target_"):
         build_scheduler(cfg.scheduler, optimizer, total, batches)
+
+
+def _check_batch_statistics(cfg: DictConfig, module, datamodule) -> None:
+    """A training batch of one image cannot pass a BatchNorm that sees one value per channel (PyTorch
+    stops mid-epoch with "Expected more than 1 value per channel"): refuse it before anything is written.
+    An epoch's last batch of one is dropped by the loader (:func:`data.base.last_batch_is_one_image`);
+    this catches ``data.batch_size=1`` and a training set of one image."""
+    from experiments.training.build import input_shape_of, one_value_norms
+
+    images = len(datamodule.train_set)
+    if min(int(datamodule.batch_size), images) > 1:
+        return
+    norms = one_value_norms(module.model, input_shape_of(cfg))
+    if not norms:
+        return
+    if datamodule.batch_size == 1:
+        key, value = "data.batch_size", 1
+    else:  # a training set of one image: name the setting that made it so
+        key = "data.subset" if cfg.data.get("subset") else "data.num_train" if "num_train" in cfg.data else "data.val_size"
+        value = OmegaConf.select(cfg, key)
+    where = ", ".join(norms[:3]) + (f" and {len(norms) - 3} more" if len(norms) > 3 else "")
+    raise UserError(key, value, f"gives training batches of one image, but the model's BatchNorm layer(s) {where} "
+                    "see one value per channel per image at this input size (a 1x1 map or a pooled vector), "
+                    "and batch statistics need at least two.",
+                    "Use data.batch_size >= 2 (and at least 2 training images), or a larger data.image_size.")
 
 
 def _fit_and_test(cfg: DictConfig, started: float, datamodule, module, ckpt_path, keep_through_epoch,
