@@ -19,9 +19,10 @@ instead, through :class:`Classifier`:
     shape ``(N, num_features)``.
 ``num_features``
     The width of that pre-logits vector: the ``in_features`` of the final classifier layer.
-``get_classifier()`` / ``reset_classifier(num_classes)``
+``get_classifier()`` / ``reset_classifier(num_classes, global_pool=None)``
     The final classifier layer; replace it (and any auxiliary classifier) by a freshly initialised one
-    with ``num_classes`` outputs, under the same state-dict keys.
+    with ``num_classes`` outputs, under the same state-dict keys; ``num_classes=0`` removes it (timm's
+    convention: ``forward`` then returns the pre-logits vector).
 
 ``forward(x)`` is ``forward_head(forward_features(x))`` (in eval mode for the nets with auxiliary heads,
 whose training-mode forward also returns the auxiliary logits), so there is one definition of what the
@@ -36,6 +37,8 @@ for a model from outside the zoo that lacks the interface (the caller falls back
 
 from __future__ import annotations
 
+import copy
+import itertools
 from collections import OrderedDict
 from typing import Protocol, runtime_checkable
 
@@ -67,8 +70,9 @@ class Classifier(Protocol):
         """The final classifier layer (a Linear, or SqueezeNet's 1x1 conv)."""
         ...
 
-    def reset_classifier(self, num_classes: int) -> None:
-        """Replace the final (and auxiliary) classifier layers by fresh ones with ``num_classes`` outputs."""
+    def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
+        """Replace the final (and auxiliary) classifier layers by fresh ones with ``num_classes`` outputs
+        (0: no classifier, ``forward`` returns the pre-logits vector)."""
         ...
 
 
@@ -108,17 +112,38 @@ class ClassifierMixin(nn.Module):
     def get_classifier(self) -> nn.Module:
         return self.get_submodule(self.classifier_name)
 
-    def reset_classifier(self, num_classes: int) -> None:
+    def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
         """Fresh final and auxiliary classifier layers with ``num_classes`` outputs.
 
         Same state-dict keys, device, dtype and train/eval mode; every other layer is untouched.
+        ``num_classes=0`` is timm's "no classifier": each of those layers becomes a :class:`NoClassifier`
+        and ``forward`` returns the pre-logits vector (``num_features`` wide); a later reset with ``n > 0``
+        builds the layers again. ``global_pool`` is timm's argument; the zoo's models keep their own
+        pooling (None).
         """
-        require_positive_int("num_classes", num_classes)
+        if global_pool is not None:
+            raise ValueError(f"reset_classifier(global_pool={global_pool!r}): the zoo's models keep the pooling "
+                             "their paper gives it. Pass None; for the unpooled map use forward_features(x).")
+        if num_classes != 0:
+            require_positive_int("num_classes", num_classes)
         for name in (self.classifier_name, *self.aux_classifier_names):
             old = self.get_submodule(name)
-            layer = with_outputs(old, num_classes).train(old.training)
-            self.init_classifier(layer)
-            self.set_submodule(name, layer)
+            self.set_submodule(name, self._new_classifier(old, num_classes).train(old.training))
+
+    def _new_classifier(self, old: nn.Module, num_classes: int) -> nn.Module:
+        if num_classes == 0:
+            return old if isinstance(old, NoClassifier) else NoClassifier(old)
+        layer = with_outputs(old, num_classes)
+        if isinstance(old, NoClassifier):  # built from the meta-device template: give it memory here
+            # the model's device now (it may have moved since), or, for a model that has no other
+            # tensor (the linear classifier), the device the replaced layer was on
+            reference = next(itertools.chain(self.parameters(), self.buffers()), None)
+            layer = layer.to_empty(device=old.device if reference is None else reference.device)
+            for module in layer.modules():
+                if hasattr(module, "reset_parameters"):
+                    module.reset_parameters()  # also a BatchNorm's running statistics
+        self.init_classifier(layer)
+        return layer
 
     def init_classifier(self, layer: nn.Module) -> None:
         """Initialise a new classifier layer as the constructor initialised the model."""
@@ -148,6 +173,22 @@ class FeaturesClassifierMixin(ClassifierMixin):
         return run_classifier(self.classifier, torch.flatten(self.avgpool(features), 1), pre_logits)
 
 
+class NoClassifier(nn.Identity):
+    """The place of a final classifier layer after ``reset_classifier(0)`` (timm's convention): it passes
+    the pre-logits vector through. It remembers the width it takes (``num_features`` still answers) and
+    the layer it replaced, as a meta-device copy (no memory, not a submodule, so no state-dict keys), from
+    which a later ``reset_classifier(n)`` builds a layer like it (a Linear, SqueezeNet's 1x1 conv, ...)."""
+
+    def __init__(self, replaced: nn.Module) -> None:
+        super().__init__()
+        self.in_features = input_width(replaced)
+        self.device = next(itertools.chain(replaced.parameters(), replaced.buffers())).device
+        self.__dict__["replaced"] = copy.deepcopy(replaced).to("meta")
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}"
+
+
 def run_classifier(classifier: nn.Sequential, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
     """Run a classifier ``nn.Sequential`` whose last layer is the final one; stop before it for pre-logits."""
     *body, final = classifier
@@ -158,7 +199,7 @@ def run_classifier(classifier: nn.Sequential, x: torch.Tensor, pre_logits: bool 
 
 def input_width(layer: nn.Module) -> int:
     """Input features of a classifier layer: a Linear's ``in_features``, a conv's ``in_channels``."""
-    if isinstance(layer, nn.Linear):
+    if isinstance(layer, (nn.Linear, NoClassifier)):
         return layer.in_features
     if isinstance(layer, nn.Conv2d):
         return layer.in_channels
@@ -175,6 +216,8 @@ def with_outputs(layer: nn.Module, num_classes: int) -> nn.Module:
     under the same child names so the state-dict keys stay. Weights are PyTorch's defaults: the caller
     initialises them.
     """
+    if isinstance(layer, NoClassifier):
+        layer = layer.replaced
     tensor = next(iter([*layer.parameters(), *layer.buffers()]))
     factory = {"device": tensor.device, "dtype": tensor.dtype}
     if isinstance(layer, nn.Linear):

@@ -154,6 +154,56 @@ def test_reset_classifier(name):
         assert [output.shape for output in outputs] == [(2, NEW_CLASSES)] * len(outputs)
 
 
+@pytest.mark.parametrize("name", [n for n in CONFIGS if n != "resnet1202"])
+def test_reset_classifier_to_zero_returns_pre_logits_and_back(name):
+    """timm's convention: ``reset_classifier(0)`` leaves no classifier and ``forward`` returns the
+    pre-logits vector (``num_features`` wide, with no state-dict key of the final layer left); a later
+    ``reset_classifier(n)`` builds a layer like the original again, on the model's device."""
+    size = real_size(name)
+    model = build(name, device="cpu", size=size).eval()
+    x = torch.randn(1, *input_shape(name, size))
+    width, keys = model.num_features, set(shapes(model))
+    with torch.no_grad():
+        pre_logits = model.forward_head(model.forward_features(x), pre_logits=True)
+        model.reset_classifier(0)
+        assert model.num_features == width
+        features = model(x)
+        if not name.startswith("squeezenet"):  # its final 1x1 conv runs before ReLU and pooling
+            assert torch.equal(features, pre_logits)
+        assert features.shape == (1, width)
+        assert keys - set(shapes(model)) == set(classifier_keys(build(name)))
+        model.reset_classifier(NEW_CLASSES)
+        assert set(shapes(model)) == keys and model(x).shape == (1, NEW_CLASSES)
+        assert all(not p.is_meta for p in model.parameters()) and torch.isfinite(model(x)).all()
+
+
+def test_reset_classifier_speaks_timms_signature_and_refuses_what_it_cannot_do():
+    from models.errors import ModelConfigError
+
+    model = build("resnet20", device="cpu")
+    model.reset_classifier(5, None)
+    assert model.get_classifier().out_features == 5
+    with pytest.raises(ValueError, match=r"global_pool='avg'.*forward_features"):
+        model.reset_classifier(5, "avg")
+    with pytest.raises(ModelConfigError, match="num_classes=-1"):
+        model.reset_classifier(-1)
+
+
+def test_a_network_cut_for_transfer_follows_the_same_reset_contract():
+    from experiments.training.finetune import FromLayer
+
+    cut = FromLayer(nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU()), 8, 10, True, ["0", "1"])
+    x = torch.randn(2, 3, 8, 8)
+    cut.reset_classifier(0)
+    assert cut(x).shape == (2, 8) and cut.num_features == 8 and "fc.weight" not in cut.state_dict()
+    cut.reset_classifier(4)
+    assert cut(x).shape == (2, 4)
+    from models.errors import ModelConfigError
+
+    with pytest.raises(ModelConfigError):
+        cut.reset_classifier(-3)
+
+
 # Untrained in eval mode (BN's running statistics at 0/1), ResNet-1202's 600 residual sums grow past
 # float32 and its logits are inf/NaN, where equality means nothing; resnet110 is the same code at 110.
 @pytest.mark.parametrize("name", [n for n in CONFIGS if n != "resnet1202"])
@@ -255,5 +305,6 @@ def test_a_reset_classifier_is_initialised_by_the_model_scheme():
     alexnet = build("alexnet", device="cpu", size=real_size("alexnet"))
     alexnet.reset_classifier(NEW_CLASSES)
     assert alexnet.positive_biases and bool((alexnet.get_classifier().bias == 1).all())
-    with pytest.raises(ValueError, match="num_classes"):
-        alexnet.reset_classifier(0)
+    alexnet.reset_classifier(0)
+    alexnet.reset_classifier(NEW_CLASSES)  # built again from nothing: the same scheme
+    assert bool((alexnet.get_classifier().bias == 1).all())

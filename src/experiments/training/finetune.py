@@ -56,6 +56,7 @@ from torch import nn
 
 from experiments.core import runs
 from experiments.core.errors import UserError
+from models.interface import ClassifierMixin
 
 STRATEGIES = ("full", "head", "last_k", "from_layer")
 # Model keys that follow the new data rather than the source run.
@@ -257,7 +258,7 @@ def source_state(source: Source) -> dict[str, torch.Tensor]:
 
 
 # --- the surgery -------------------------------------------------------------------------------------
-class FromLayer(nn.Module):
+class FromLayer(ClassifierMixin):
     """A network cut after one of its layers: the kept layers (``body``, a ``torch.fx`` graph of the
     original modules under their original names), global average pooling and a new linear classifier.
     It has the zoo's model interface (:mod:`models.interface`), so the analyses find its layers."""
@@ -272,25 +273,12 @@ class FromLayer(nn.Module):
         self.fc = nn.Linear(features, num_classes)
         self.kept = list(kept)
 
-    @property
-    def num_features(self) -> int:
-        return self.fc.in_features
-
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         return self.body(x)
 
     def forward_head(self, features: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         pooled = torch.flatten(self.pool(features), 1)
         return pooled if pre_logits else self.fc(pooled)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_head(self.forward_features(x))
-
-    def get_classifier(self) -> nn.Module:
-        return self.fc
-
-    def reset_classifier(self, num_classes: int) -> None:
-        self.fc = nn.Linear(self.fc.in_features, num_classes).to(self.fc.weight.device, self.fc.weight.dtype)
 
     def summary_modules(self) -> list[tuple[str, nn.Module]]:
         """Profile rows (``experiments.summary``, ``summary.json``): the kept stages, the pool, the classifier."""
