@@ -13,6 +13,16 @@ from tests.conftest import TINY, assert_refused, run_cli, tree_hashes
 
 # (arguments, words the message must contain)
 TRAIN_CASES = [
+    # Lightning's Trainer refuses these only when it is built, or fails on them inside the run
+    (["trainer.strategy=bogus"], ["trainer.strategy='bogus'", "invalid strategy name"]),
+    (["trainer.limit_train_batches=1.5"], ["trainer.limit_train_batches=1.5", "[0.0, 1.0] or an int"]),
+    (["trainer.num_nodes=0"], ["trainer.num_nodes=0", "positive integer"]),
+    (["trainer.accumulate_grad_batches=0"], ["trainer.accumulate_grad_batches=0", "integer >= 1"]),
+    (["trainer.check_val_every_n_epoch=0"], ["trainer.check_val_every_n_epoch=0", "integer >= 1"]),
+    (["trainer.limit_train_batches=0"], ["trainer.limit_train_batches=0", "leaves nothing to train on"]),
+    (["seed=99999999999"], ["seed=99999999999", "largest seed numpy takes (4294967295)"]),
+    (["run_name=../../escape"], ["run_name='../../escape'", "cannot hold '/'"]),
+    (["paths.output_root="], ["paths.output_root=''", "is empty"]),
     (["model=nonexistent"], ["model=nonexistent", "no such model", "--help"]),
     (["model=resnt56"], ["model=resnt56", "Did you mean resnet56"]),
     (["optimizer.lrr=0.1"], ["optimizer.lrr=0.1", "no key 'lrr' under optimizer", "Did you mean optimizer.lr?"]),
@@ -181,6 +191,19 @@ def test_an_output_folder_that_cannot_be_made_is_reported_before_anything_is_wri
     result = run_cli("experiments.train", *TINY, *args, cwd=tmp_path)
     _assert_clean_failure(result, words)
     assert tree_hashes(tmp_path) == before  # not even an empty outputs/ folder
+
+
+@pytest.mark.parametrize("args", [["hydra.run.dir={run}"], ["-m", "hydra.sweep.dir={run}", "seed=1,2"]],
+                         ids=["run dir", "basic multirun's sweep dir"])
+def test_a_folder_that_holds_a_run_is_never_written_into_again(workdir, args):
+    """A finished run named as the folder of a new run (or of a plain multirun, whose jobs Hydra numbers
+    from 0 again) would have its config, checkpoints and metrics overwritten: refused before Hydra runs."""
+    run = _finished_run(workdir)
+    before = tree_hashes(workdir / "outputs")
+    result = run_cli("experiments.train", *TINY, "trainer.max_epochs=1", *[a.replace("{run}", str(run)) for a in args],
+                     cwd=workdir)
+    _assert_clean_failure(result, ["holds results already", "config.yaml", "resume=<run folder>"])
+    assert tree_hashes(workdir / "outputs") == before
 
 
 def test_sweep_with_a_non_positive_log_bound_is_refused_before_writing(tmp_path):

@@ -98,6 +98,25 @@ def check_output_folders(argv: list[str], default: str = "outputs") -> None:
 
     given = dict(a.lstrip("+").split("=", 1) for a in argv if "=" in a)
     try:
+        for key in FOLDER_KEYS:
+            if key in given and not given[key].strip().strip("'\""):
+                raise UserError(key, given[key], "is empty: the run would be written at the top of the file "
+                                "system.", f"Give {key} a folder, e.g. {key}=outputs, or leave it out.")
+        # DDP children and other nodes join the folder rank 0 made (and wrote). An Optuna search (and a
+        # study's sweep) resumes in its sweep folder by design (its job numbers are its trial numbers);
+        # Hydra's basic sweeper numbers jobs from 0 again and would overwrite the first run's trials.
+        resumable_sweep = any(a.split("=", 1)[0].lstrip("+") in ("hparams_search", "hydra/sweeper", "experiment")
+                              for a in argv)
+        checked = ["hydra.run.dir"] + ([] if resumable_sweep else ["hydra.sweep.dir"])
+        if _is_first_process():
+            for key in checked:
+                if key in given and "${" not in given[key]:
+                    _refuse_folder_with_results(Path(given[key].strip("'\"")), key)
+        name = given.get("run_name", "")
+        if "/" in name or name in (".", ".."):
+            raise UserError("run_name", name, "is a part of a folder name, so it cannot hold '/' or be '.' or '..' "
+                            "(it would write the run outside outputs/<command>/<date>/).",
+                            "Use a plain name, e.g. run_name=resnet20-baseline.")
         check_can_create(Path(given.get("paths.output_root", default)), "paths.output_root")
         remember_output_root(Path(given.get("paths.output_root", default)))
         for key in FOLDER_KEYS[1:]:
@@ -110,6 +129,28 @@ def check_output_folders(argv: list[str], default: str = "outputs") -> None:
     except UserError as error:
         report(error)
         raise SystemExit(EXIT_USER_ERROR) from None
+
+
+def _is_first_process() -> bool:
+    """Not a DDP child or another node's process: those are started with the run folder rank 0 uses."""
+    return all(os.environ.get(name, "0") == "0" for name in ("LOCAL_RANK", "NODE_RANK", "RANK"))
+
+
+def _refuse_folder_with_results(folder: Path, key: str) -> None:
+    """A folder named on the command line must not hold results already: a run's files (its config,
+    summary, checkpoints, metrics) or a sweep's (its multirun.yaml, its trials' folders), which a new
+    command would overwrite. Hydra's own record (``.hydra/``, ``train.log``) of an empty start is fine."""
+    if not folder.is_dir():
+        return
+    results = ("config.yaml", "summary.json", "metrics.csv", "checkpoints", "multirun.yaml", "optuna.db",
+               "coarse_to_fine.json")
+    found = [name for name in results if (folder / name).exists()]
+    found += [p.name for p in folder.iterdir() if p.is_dir() and (p / ".hydra").is_dir()][:3]  # sweep trials
+    if found:
+        raise UserError(key, str(folder), f"holds results already ({', '.join(found[:4])}); a command never writes "
+                        "into a folder that holds results, so they are not overwritten.",
+                        "Point it at a new folder (or leave it out: every run gets a new one); to continue an "
+                        "unfinished run, use resume=<run folder>.")
 
 
 def remove_unused_run_folder(folder: Path, output_root: Path) -> None:

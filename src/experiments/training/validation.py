@@ -14,6 +14,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from experiments.core.errors import UserError
 from experiments.training import schema
 
+MAX_SEED = 2**32 - 1
 PRECISIONS = ("32-true", "32", "64-true", "64", "bf16-mixed", "16-mixed", "bf16-true", "16-true", "transformer-engine")
 
 
@@ -87,6 +88,56 @@ def _check_hardware(trainer: DictConfig) -> None:
                         "visible here.", f"Use trainer.devices={torch.cuda.device_count()} or fewer.")
 
 
+def _check_trainer_ranges(cfg: DictConfig) -> None:
+    """Values Lightning's Trainer accepts when it is built but fails on inside the run (a division by
+    zero, an empty epoch), after the run folder is made."""
+    fix = "python -m experiments.train --cfg job shows the defaults."
+    _integer(cfg, "trainer.accumulate_grad_batches", 1, f"Use 1 (no accumulation) or more; {fix}")
+    _integer(cfg, "trainer.check_val_every_n_epoch", 1, f"Use 1 (validate every epoch) or more; {fix}")
+    _integer(cfg, "trainer.log_every_n_steps", 1, f"Use e.g. trainer.log_every_n_steps=50; {fix}")
+    _integer(cfg, "trainer.num_sanity_val_steps", -1, f"Use 0 (none), a count, or -1 (all); {fix}")
+    _number(cfg, "trainer.gradient_clip_val", 0, fix=f"Use null (no clipping) or a positive value; {fix}")
+    for key in ("limit_train_batches", "val_check_interval"):
+        value = _value(cfg, f"trainer.{key}")
+        if isinstance(value, Real) and not isinstance(value, bool) and not value > 0:
+            raise UserError(f"trainer.{key}", value, "leaves nothing to train on (it must be > 0: a count of "
+                            "batches, or a fraction of the epoch in (0, 1]).", f"Use e.g. trainer.{key}=1.0; {fix}")
+
+
+def check_trainer_builds(cfg: DictConfig) -> None:
+    """Build a Trainer from ``cfg.trainer`` on the side (no logger, callbacks or folders), so that a value
+    Lightning refuses (``strategy=bogus``, ``limit_train_batches=1.5``, ``num_nodes=0``) is refused before
+    the run folder gets anything, in one paragraph naming the key Lightning names."""
+    import logging
+    import tempfile
+
+    from hydra.utils import instantiate
+
+    node = cfg.get("trainer")
+    if node is None:
+        return
+    quiet = [logging.getLogger(name) for name in ("pytorch_lightning", "lightning_fabric", "lightning.pytorch")]
+    levels = [logger.level for logger in quiet]
+    try:
+        for logger in quiet:
+            logger.setLevel(logging.ERROR)  # its "GPU available: ..." lines belong to the real Trainer
+        instantiate(node, logger=False, callbacks=[], enable_checkpointing=False, enable_progress_bar=False,
+                    enable_model_summary=False, default_root_dir=tempfile.gettempdir())
+    except Exception as error:  # Lightning's MisconfigurationException, ValueError, TypeError, ...
+        cause = error.__cause__ if error.__cause__ is not None else error  # Hydra wraps the constructor's error
+        message = " ".join(str(cause).split())
+        named = sorted((str(k) for k in node if str(k) in message and not str(k).startswith("_")), key=len, reverse=True)
+        key = f"trainer.{named[0]}" if named else "trainer"
+        value = OmegaConf.select(cfg, key) if named else None
+        if not named:
+            message = f"Lightning's Trainer cannot be built from it: {message}"
+        raise UserError(key, value, message[:600].rstrip(".") + ".",
+                        "Change it (python -m experiments.train --cfg job shows the trainer's keys).") from None
+    finally:
+        for logger, level in zip(quiet, levels):
+            logger.setLevel(level)
+
+
 def _model_choice() -> str | None:
     from hydra.core.hydra_config import HydraConfig
 
@@ -103,6 +154,8 @@ def validate(cfg: DictConfig) -> None:
     _number(cfg, "model.dropout", 0, 1, fix="Use a dropout probability in [0, 1), e.g. 0.5.")
     _integer(cfg, "data.batch_size", 1, "Use a positive batch size, e.g. data.batch_size=128.")
     _integer(cfg, "seed", 0, "Use a non-negative integer seed, e.g. seed=42.")
+    if isinstance(_value(cfg, "seed"), int) and cfg.seed > MAX_SEED:  # numpy's seeds are 32-bit
+        raise UserError("seed", cfg.seed, f"is past the largest seed numpy takes ({MAX_SEED}).", "Use e.g. seed=42.")
     _integer(cfg, "trainer.max_epochs", -1, "Use a positive number of epochs, or -1 with trainer.max_steps.")
     _integer(cfg, "trainer.max_steps", -1, "Use a positive number of steps, or -1 to train by epochs.")
     trainer = cfg.get("trainer") or {}
@@ -111,10 +164,12 @@ def validate(cfg: DictConfig) -> None:
         raise UserError("trainer.max_epochs", trainer.get("max_epochs"), "leaves nothing to train.",
                         "Set trainer.max_epochs to a positive number (or trainer.max_steps).")
     _check_hardware(trainer)
+    _check_trainer_ranges(cfg)
     precision = str(trainer.get("precision", "32-true"))
     if precision not in PRECISIONS:
         raise UserError("trainer.precision", precision, "is not a precision Lightning knows.",
                         f"Use one of: {', '.join(PRECISIONS[:6])}.")
+    check_trainer_builds(cfg)
     weights = (cfg.get("module") or {}).get("aux_loss_weights") or []
     if any(isinstance(w, bool) or not isinstance(w, Real) or w < 0 for w in weights):
         raise UserError("module.aux_loss_weights", list(weights), "must be non-negative numbers.",
