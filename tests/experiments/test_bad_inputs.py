@@ -20,6 +20,8 @@ TRAIN_CASES = [
     (["trainer.accumulate_grad_batches=0"], ["trainer.accumulate_grad_batches=0", "integer >= 1"]),
     (["trainer.check_val_every_n_epoch=0"], ["trainer.check_val_every_n_epoch=0", "integer >= 1"]),
     (["trainer.limit_train_batches=0"], ["trainer.limit_train_batches=0", "leaves nothing to train on"]),
+    (["model.num_classes=5"], ["model.num_classes=5", "differs from data.num_classes=10"]),
+    (["model.in_channels=3"], ["model.in_channels=3", "differs from data.in_channels=1"]),
     (["seed=99999999999"], ["seed=99999999999", "largest seed numpy takes (4294967295)"]),
     (["run_name=../../escape"], ["run_name='../../escape'", "cannot hold '/'"]),
     (["paths.output_root="], ["paths.output_root=''", "is empty"]),
@@ -137,15 +139,22 @@ def test_eval_with_a_checkpoint_of_another_architecture(workdir, tmp_path):
     assert tree_hashes(workdir / "outputs") == before
 
 
-def test_eval_of_a_truncated_checkpoint(workdir):
+@pytest.mark.parametrize("content", ["truncated", "text", "not a state_dict"])
+def test_eval_of_a_broken_checkpoint(workdir, content):
     run = _finished_run(workdir)
     broken = run / "checkpoints" / "broken.ckpt"
-    broken.write_bytes((run / "checkpoints" / "last.ckpt").read_bytes()[:2000])
+    if content == "truncated":
+        broken.write_bytes((run / "checkpoints" / "last.ckpt").read_bytes()[:2000])
+    elif content == "text":
+        broken.write_text("hello")  # torch's legacy unpickler: KeyError, not one of its usual errors
+    else:
+        torch.save({"state_dict": {"model.fc.weight": 1}}, broken)
     try:
         result = run_cli("experiments.eval", f"run={broken}", cwd=workdir)
     finally:
         broken.unlink()
-    _assert_clean_failure(result, ["checkpoint", "truncated"])
+    _assert_clean_failure(result, ["checkpoint", "no state_dict of tensors" if content == "not a state_dict"
+                                   else "truncated or not a PyTorch checkpoint"])
 
 
 class _Payload:
@@ -236,3 +245,18 @@ def test_the_unknown_key_check_knows_keys_left_at_missing_and_added_keys():
     assert unknown_key(["model=resnet20", "model.depth=20", "hydra.run.dir=/x"]) is None
     message = unknown_key(["model=resnet20", "model.depht=20"])
     assert message is not None and "model.depth" in message and "no key 'depht' under model" in message
+
+
+def test_a_diverged_run_is_not_resumed(tmp_path):
+    """Resuming replays the same steps from the last good checkpoint: it would diverge again."""
+    run_cli("experiments.train", *TINY, "callbacks=diagnostics", "optimizer.lr=1e12", "trainer.max_epochs=3",
+            cwd=tmp_path)
+    (run,) = [p.parent for p in tmp_path.glob("outputs/train/*/*/summary.json")]
+    assert json.loads((run / "summary.json").read_text())["status"] == "diverged"
+    before = tree_hashes(tmp_path / "outputs")
+    result = run_cli("experiments.train", f"resume={run}", cwd=tmp_path)
+    _assert_clean_failure(result, ["resume=", "diverged", "would diverge again", "finetune.from=<run folder>"])
+    result = run_cli("experiments.train", *TINY, "callbacks=diagnostics", "optimizer.lr=1e12", "trainer.max_epochs=3",
+                     "resume=true", cwd=tmp_path)
+    _assert_clean_failure(result, ["resume=True", "found no unfinished run"])
+    assert tree_hashes(tmp_path / "outputs") == before

@@ -379,8 +379,9 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
         raise UserError("checkpoint", str(path), "holds objects other than tensors and plain data, so it was "
                         f"refused unread ({' '.join(str(error).split()[:12])}...).",
                         "Only load checkpoints written by this framework or plain state_dict files.") from None
-    except (RuntimeError, EOFError, OSError, ValueError) as error:
-        raise UserError("checkpoint", str(path), f"is truncated or not a PyTorch checkpoint ({error}).",
+    except Exception as error:  # truncated, text, another format: torch's unpickler raises all kinds
+        raise UserError("checkpoint", str(path), f"is truncated or not a PyTorch checkpoint "
+                        f"({type(error).__name__}: {' '.join(str(error).split())[:200]}).",
                         "Use checkpoints/last.ckpt or the best checkpoint of a finished run.") from None
     if not isinstance(checkpoint, dict):
         raise UserError("checkpoint", str(path), "is not a checkpoint dictionary.", "Use a .ckpt from a run.")
@@ -390,6 +391,9 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
 def load_model_weights(module, checkpoint: dict[str, Any], path: Path) -> None:
     """Load a checkpoint's weights into ``module``; a different architecture is a clear error."""
     state = checkpoint.get("state_dict", checkpoint)
+    if not isinstance(state, dict) or not all(hasattr(v, "shape") for v in state.values()):
+        raise UserError("checkpoint", str(path), "holds no state_dict of tensors (a dictionary of other data).",
+                        "Use a .ckpt from a run, or a state_dict file saved with torch.save(model.state_dict()).")
     own = module.state_dict()
     missing = [k for k in own if k not in state]
     unexpected = [k for k in state if k not in own]
@@ -425,7 +429,7 @@ def find_resumable(output_root: Path, overrides: list[str], exclude: Path) -> Pa
         if run.resolve() == exclude.resolve() or without_resume(overrides_of(run)) != wanted:
             continue
         try:
-            if RunFolder(run).is_finished():
+            if RunFolder(run).status() in ("finished", "diverged"):
                 continue
         except UserError:
             continue  # a damaged run is nothing to resume

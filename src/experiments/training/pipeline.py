@@ -40,6 +40,12 @@ def _resume_target(cfg: DictConfig, fresh_dir: Path) -> Path | None:
     if folder.is_finished():
         raise UserError("resume", str(resume), "is a finished run, and a finished run is never changed.",
                         "Start a new run (drop resume=), or fine-tune from it with finetune.from=<run folder>.")
+    if folder.status() == "diverged":
+        raise UserError("resume", str(resume), "diverged (its loss went non-finite: diagnostics/nonfinite_stop.json "
+                        "names the step), and a resume replays exactly the same steps from its last good "
+                        "checkpoint, so it would diverge again; the run is kept as it ended.",
+                        "Start a new run with a lower optimizer.lr or trainer.gradient_clip_val=1.0, or fine-tune "
+                        "from its last good weights with finetune.from=<run folder>.")
     return folder.path
 
 

@@ -104,6 +104,21 @@ def _check_trainer_ranges(cfg: DictConfig) -> None:
                             "batches, or a fraction of the epoch in (0, 1]).", f"Use e.g. trainer.{key}=1.0; {fix}")
 
 
+def _check_model_follows_data(cfg: DictConfig) -> None:
+    """The model's input channels and class count are the data's (conf/model/_model.yaml interpolates
+    them); one set apart would fail inside the run (a conv expecting other channels, a target index out
+    of the logits' range) after the run folder is made."""
+    for key in ("in_channels", "num_classes"):
+        ours, theirs = _value(cfg, f"model.{key}"), _value(cfg, f"data.{key}")
+        if _ABSENT in (ours, theirs) or None in (ours, theirs) or ours == theirs:
+            continue
+        raise UserError(f"model.{key}", ours, f"differs from data.{key}={theirs}: the model would "
+                        f"{'expect other input channels' if key == 'in_channels' else 'predict another number of classes'} "
+                        "than the dataset gives.", f"Drop the model.{key} override (it follows data.{key}), or "
+                        f"change data.{key} where the dataset allows it"
+                        + (" (data.classes picks a subset of labels)." if key == "num_classes" else "."))
+
+
 def check_trainer_builds(cfg: DictConfig) -> None:
     """Build a Trainer from ``cfg.trainer`` on the side (no logger, callbacks or folders), so that a value
     Lightning refuses (``strategy=bogus``, ``limit_train_batches=1.5``, ``num_nodes=0``) is refused before
@@ -170,6 +185,7 @@ def validate(cfg: DictConfig) -> None:
         raise UserError("trainer.precision", precision, "is not a precision Lightning knows.",
                         f"Use one of: {', '.join(PRECISIONS[:6])}.")
     check_trainer_builds(cfg)
+    _check_model_follows_data(cfg)
     weights = (cfg.get("module") or {}).get("aux_loss_weights") or []
     if any(isinstance(w, bool) or not isinstance(w, Real) or w < 0 for w in weights):
         raise UserError("module.aux_loss_weights", list(weights), "must be non-negative numbers.",
