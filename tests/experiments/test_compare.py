@@ -251,3 +251,40 @@ def test_seeds_are_drawn_as_mean_and_band(tmp_path):
     assert band.call_count == 2   # val/err and train/err of the one two-seed group
     lower = list(band.call_args_list[1].args[2])
     assert lower == pytest.approx([42 - 8 ** 0.5, 21 - 2 ** 0.5, 10.0])
+
+
+def _files(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_a_second_report_is_written_beside_the_first_and_out_never_overwrites(degradation_sweep, capsys):
+    run = degradation_sweep / "2_plain56"
+    assert report_cli.main([str(run)]) == 0 and report_cli.main([str(run)]) == 0
+    assert (run / "report.html").is_file() and (run / "report-2.html").is_file()
+    assert (run / "compare").is_dir() and (run / "compare-2").is_dir()
+    before = _files(degradation_sweep)
+    for out in (run / "config.yaml", run / "summary.json", run):
+        assert report_cli.main([str(run), "--out", str(out)]) == 2
+        assert compare_cli.main([str(run), "--out", str(out)]) == 2
+        assert "nothing already written is overwritten" in " ".join(capsys.readouterr().err.split())
+    assert _files(degradation_sweep) == before
+
+
+def test_compare_refuses_a_grouping_key_no_run_has(degradation_sweep, tmp_path, capsys):
+    assert compare_cli.main([str(degradation_sweep), "--by", "model.dpeth", "--out", str(tmp_path / "c")]) == 2
+    message = " ".join(capsys.readouterr().err.split())
+    assert "--by='model.dpeth'" in message and "no run's config" in message
+    assert not (tmp_path / "c").exists()
+
+
+def test_compare_and_report_do_not_write_into_a_run_in_use(degradation_sweep, capsys):
+    from experiments.core.runs import RunFolder
+
+    run = degradation_sweep / "2_plain56"
+    before = _files(degradation_sweep)
+    with RunFolder(run).locked():  # a training run holds it
+        assert report_cli.main([str(run)]) == 2
+        assert compare_cli.main([str(run)]) == 2
+    assert "is in use by experiments.train" in " ".join(capsys.readouterr().err.split())
+    after = _files(degradation_sweep)
+    assert {k: v for k, v in after.items() if not k.endswith(".lock")} == before

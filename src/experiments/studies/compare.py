@@ -34,6 +34,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from experiments.core.errors import EXIT_USER_ERROR, UserError
+from experiments.core.errors import report as report_error
 from experiments.core.output_folders import new_folder
 from experiments.core.runs import RunFolder
 from experiments.studies import run_table as rt
@@ -238,6 +240,11 @@ def compare(folders: list[Path], by: list[str] | None = None, html: bool = False
     if not runs:
         raise FileNotFoundError(f"no run folders (with config.yaml) in {', '.join(str(f) for f in folders)}")
     keys = list(by) if by else rt.default_keys(runs)
+    unknown = [key for key in keys if all(rt.lookup(run, key) is None for run in runs)]
+    if unknown:
+        raise UserError("--by", ",".join(keys), f"names {', '.join(unknown)}, which no run's config, config group or "
+                        "override has, so every run would fall into one group.",
+                        "Use keys of the runs' config.yaml (e.g. model.depth, optimizer.lr) or group names (model, data).")
     groups = rt.assign_groups(runs, keys)
     runs.sort(key=lambda r: (groups.index(r.group), str(r.seed), r.name))
     out = Path(out) if out else default_out(folders)
@@ -287,8 +294,28 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--title", help="figure and report title")
     args = parser.parse_args(argv)
     try:
+        if args.out is not None:
+            check_new_output(args.out, "--out", folder=True)
+        elif len(args.folders) == 1 and RunFolder.is_run_folder(args.folders[0]):
+            RunFolder(args.folders[0], key="folder").refuse_if_in_use("experiments.compare")
         compare(args.folders, by=parse_keys(args.by), html=args.html, out=args.out, x=args.x, title=args.title)
     except FileNotFoundError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    except UserError as error:
+        report_error(error)
+        return EXIT_USER_ERROR
     return 0
+
+
+def check_new_output(path: Path, key: str, folder: bool) -> None:
+    """An output named on the command line is new (a folder may also be empty): a command never
+    overwrites a file, whatever it is (a run's config.yaml, a checkpoint), and it can be made."""
+    from experiments.core.output_folders import check_can_create
+
+    if path.exists() and not (folder and path.is_dir() and not any(path.iterdir())):
+        kind = "folder that holds files" if path.is_dir() else "file"
+        raise UserError(key, str(path), f"is an existing {kind}; nothing already written is overwritten.",
+                        f"Give {key} a new {'folder' if folder else 'file'} name, or leave {key} out (a new one "
+                        "is chosen).")
+    check_can_create(path if folder else path.parent, key)
