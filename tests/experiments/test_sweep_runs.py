@@ -144,6 +144,17 @@ def test_coarse_to_fine_narrows_inside_the_coarse_ranges(tmp_path):
         value = float(next(o.split("=", 1)[1] for o in fine_trial["command"].split() if o.startswith(f"{key}=")))
         assert ranges["fine"][0] <= value <= ranges["fine"][1]
     assert (parent / "coarse" / "trials.csv").is_file() and (parent / "fine" / "trials.csv").is_file()
+    # Refused before anything is written, and the finished search's record and trials are kept.
+    before = tree_hashes(tmp_path / "outputs")
+    for args, words in ((["--name", "c2f", "optimizer.momentum=0.5"], "holds the record of another search"),
+                        (["--name", "c2f", "model=nosuch"], "no such model"),
+                        (["--name", "../../x"], "plain folder name"), (["--preset", "nosuch"], "hparams_search preset"),
+                        (["optimizer.lr=-1"], "optimizer.lr=-1"), (["--widen", "-1"], "--widen")):
+        result = run_cli("experiments.coarse_to_fine", *TINY, "--coarse-trials", "3", "--coarse-epochs", "1",
+                         "--fine-trials", "1", "--fine-epochs", "2", "--top-k", "2", "--widen", "0", *args, cwd=tmp_path)
+        assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr[-2000:]
+        assert words in " ".join(result.stderr.split()), result.stderr[-2000:]
+    assert tree_hashes(tmp_path / "outputs") == before
 
 
 @pytest.mark.slow  # ~1 min on 2 shared cores: each submitit job is a fresh Python process importing torch

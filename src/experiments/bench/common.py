@@ -1,4 +1,4 @@
-"""What every benchmark section shares: composing the training config, interleaved timing, machine facts.
+"""What every benchmark section shares: interleaved timing, clocks, machine facts.
 
 Absolute times on a shared machine are noise, so every figure is a ratio of two contenders timed in
 the same process, alternated round by round (A B, B A, A B, ...) so background load hits both alike;
@@ -16,23 +16,6 @@ from collections.abc import Callable, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
-
-from experiments.core.locations import CONF_DIR as CONF
-
-
-def compose_train(overrides: Sequence[str]):
-    """``conf/train.yaml`` composed with ``overrides``, Hydra's runtime info set (as a real run has it)."""
-    from hydra import compose, initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
-    from hydra.core.hydra_config import HydraConfig
-
-    if GlobalHydra.instance().is_initialized():
-        cfg = compose(config_name="train", overrides=list(overrides), return_hydra_config=True)
-    else:
-        with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-            cfg = compose(config_name="train", overrides=list(overrides), return_hydra_config=True)
-    HydraConfig.instance().set_config(cfg)
-    return cfg
 
 
 def interleave(contenders: dict[str, Callable[[], float]], rounds: int) -> dict[str, list[float]]:

@@ -162,7 +162,7 @@ def measure(overrides: list[str], batch_size: int, steps: int = 2, device: str =
     import torch
     import torch.nn.functional as F
 
-    from experiments.bench.common import compose_train
+    from experiments.core.compose import compose_train
     from experiments.training.build import build_model, input_shape_of
 
     cfg = compose_train(overrides)

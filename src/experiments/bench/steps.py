@@ -34,8 +34,9 @@ import torch
 import torch.nn.functional as F
 
 from experiments.bench.breakdown import categorize
-from experiments.bench.common import compose_train, median, quiet_lightning
+from experiments.bench.common import median, quiet_lightning
 from experiments.bench.training import BareModule, PlainLoop
+from experiments.core.compose import compose_train
 
 PLAIN, LIGHTNING = "plain", "lightning"
 WARMUP = 10  # steps before the profiled or probed window

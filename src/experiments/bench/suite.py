@@ -43,8 +43,8 @@ def load_config(overrides: list[str]):
     from omegaconf import OmegaConf
     from omegaconf.errors import OmegaConfBaseException
 
-    from experiments.bench.common import CONF
     from experiments.core.errors import UserError
+    from experiments.core.locations import CONF_DIR as CONF
 
     try:
         with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
@@ -156,8 +156,9 @@ def memory_section(settings, gpu: bool) -> list[dict[str, Any]]:
     """Accounting + measured peak (one subprocess each), accounting alone, and the GPU's largest batches."""
     import torch
 
-    from experiments.bench.common import compose_train, json_subprocess
+    from experiments.bench.common import json_subprocess
     from experiments.bench.memory import account
+    from experiments.core.compose import compose_train
     from experiments.core.locations import REPO_ROOT as REPO
     from experiments.training.build import build_model, input_shape_of
 

@@ -29,13 +29,13 @@ from torch import nn
 
 from experiments.bench.common import (
     clock_function,
-    compose_train,
     interleave,
     median,
     quiet_lightning,
     ratio,
     ratio_of_medians,
 )
+from experiments.core.compose import compose_train
 
 
 @dataclass

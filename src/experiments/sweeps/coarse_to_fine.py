@@ -25,15 +25,17 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import json
 import math
 import shlex
 import subprocess
 import sys
+import textwrap
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from experiments.core.errors import EXIT_USER_ERROR, UserError, report
+from experiments.core.errors import EXIT_USER_ERROR, UserError, report, user_error_types
 
 RECORD_FILE = "coarse_to_fine.json"
 PRUNERS = ("none", "median", "sha", "hyperband")
@@ -171,6 +173,40 @@ def default_name(overrides: list[str], settings: Settings) -> str:
     return "-".join(p for p in parts if p)
 
 
+_SEARCH_SYNTAX = ("interval(", "choice(", "range(", "tag(", "glob(")
+
+
+def check_before_writing(overrides: list[str], settings: Settings, parent: Path) -> None:
+    """Everything this command can check before it writes its record and starts the stages: the preset,
+    the train overrides (composed and validated as ``experiments.train`` does; search ranges are the
+    sweeper's to check), and that ``parent`` holds no record of another search (the same command again
+    resumes its own)."""
+    from experiments.core.compose import compose_train
+    from experiments.core.fast_help import group_options, unknown_key, unknown_option
+    from experiments.training.validation import validate
+
+    if settings.preset not in group_options("hparams_search"):
+        raise UserError("--preset", settings.preset, "is not an hparams_search preset.",
+                        f"Use one of: {', '.join(group_options('hparams_search'))}.")
+    plain = [o for o in overrides if not o.lstrip("+~").startswith("hydra")
+             and not any(s in o.split("=", 1)[-1] for s in _SEARCH_SYNTAX) and "," not in o.split("=", 1)[-1]]
+    problem = unknown_option(plain) or unknown_key(plain)
+    if problem:  # the paragraph experiments.train itself prints for it
+        print(textwrap.fill(problem, width=100), file=sys.stderr)
+        raise SystemExit(EXIT_USER_ERROR)
+    validate(compose_train([*plain, "trainer.max_epochs=1"]))
+    record = parent / RECORD_FILE
+    if record.is_file():
+        try:
+            earlier = json.loads(record.read_text())
+        except (OSError, ValueError):
+            earlier = {}
+        same = earlier.get("train_overrides") == overrides and earlier.get("settings") == asdict(settings)
+        if not same:
+            raise UserError("--name", parent.name, f"holds the record of another search ({record}); its results are "
+                            "kept.", "Choose another --name, or run that search's own command again to resume it.")
+
+
 def coarse_to_fine(overrides: list[str], settings: Settings) -> dict[str, Any]:
     """Run both stages; returns (and writes) the record."""
     from experiments.core import runs
@@ -178,6 +214,7 @@ def coarse_to_fine(overrides: list[str], settings: Settings) -> dict[str, Any]:
     values = dict(o.split("=", 1) for o in overrides if "=" in o)
     name = settings.name or default_name(overrides, settings)
     parent = Path(values.get("paths.output_root", "outputs")) / "sweeps" / "coarse_to_fine" / name
+    check_before_writing(overrides, settings, parent)
     parent.mkdir(parents=True, exist_ok=True)
     record: dict[str, Any] = {"name": name, "folder": str(parent), "settings": asdict(settings),
                               "train_overrides": overrides, "stages": {}, "ranges": {}}
@@ -230,6 +267,12 @@ def parse(argv: list[str]) -> tuple[list[str], Settings]:
     for key in ("coarse_trials", "fine_trials", "top_k", "coarse_epochs", "fine_epochs"):
         if getattr(settings, key) < 1:
             parser.error(f"--{key.replace('_', '-')} must be at least 1")
+    if not (math.isfinite(settings.widen) and settings.widen >= 0):
+        parser.error("--widen must be a fraction >= 0 (0: exactly the top-k span)")
+    if not 0 < settings.min_width <= 1:
+        parser.error("--min-width must be in (0, 1] (a fraction of the coarse range's width)")
+    if settings.name is not None and (not settings.name.strip() or "/" in settings.name or settings.name in (".", "..")):
+        parser.error(f"--name {settings.name!r} must be a plain folder name (no '/', not '.' or '..')")
     if not 0 < settings.coarse_fraction <= 1:
         parser.error("--coarse-fraction must be in (0, 1]")
     return overrides, settings
@@ -239,7 +282,7 @@ def main(argv: list[str] | None = None) -> None:
     overrides, settings = parse(sys.argv[1:] if argv is None else argv)
     try:
         coarse_to_fine(overrides, settings)
-    except UserError as error:
+    except user_error_types() as error:
         report(error)
         sys.exit(EXIT_USER_ERROR)
     except RuntimeError as error:
