@@ -86,7 +86,9 @@ def test_analysis_reads_the_best_checkpoint_and_leaves_the_run_alone(resnet_run)
             cwd=resnet_run, check=True)
     after = {k: v for k, v in tree_hashes(resnet_run).items() if not k.startswith(("analysis", "tensorboard"))}
     assert before == after
-    record = json.loads((resnet_run / "analysis" / "saliency.json").read_text())
+    from experiments.analysis.analyze import latest_record
+
+    record = json.loads(latest_record(resnet_run / "analysis", "saliency").read_text())
     assert "best-epoch" in record["checkpoint"]
 
 
@@ -99,6 +101,11 @@ def test_analysis_reads_the_best_checkpoint_and_leaves_the_run_alone(resnet_run)
     (["analysis=[fgsm]", "analysis.fgsm.epsilons=[2]"], ["analysis.fgsm.epsilons"]),
     (["analysis=[class_model]", "analysis.class_model.classes=[99]"], ["analysis.class_model.classes", "99"]),
     (["analysis=[saliency]", "model=vgg16"], ["model", "whole config group"]),
+    # the first analysis ran and wrote its files before the second refused its setting: removed again
+    (["analysis=[saliency,occlusion]", "analysis.saliency.num_images=2", "analysis.occlusion.window=1000"],
+     ["analysis.occlusion.window"]),
+    (["analysis=[saliency]", "trainer.max_epochs=abc"], ["trainer.max_epochs", "abc"]),
+    (["analysis=[saliency]", "nosuch.key=3"], ["nosuch.key", "not a key of the run's config.yaml"]),
 ])
 def test_bad_analysis_inputs_are_one_paragraph_and_write_nothing(lenet_run, args, words, capsys):
     from experiments.analysis.analyze import main
@@ -121,3 +128,17 @@ def test_analyze_without_a_run_says_how(tmp_path):
     listing = run_cli("experiments.analyze", "--list", cwd=tmp_path, check=True)
     assert {"saliency", "occlusion", "cam", "gradcam", "gradcampp", "tsne", "fgsm", "loss_landscape"} <= set(
         listing.stdout.split())
+
+
+def test_a_rerun_keeps_the_earlier_results_beside_the_new_ones(lenet_run, capsys):
+    from experiments.analysis.analyze import latest_record, main
+
+    main([f"run={lenet_run}", "analysis=[saliency]", "analysis.saliency.num_images=2"])
+    first = latest_record(lenet_run / "analysis", "saliency")
+    kept = first.read_bytes()
+    main([f"run={lenet_run}", "analysis=[saliency]", "analysis.saliency.num_images=3"])
+    second = latest_record(lenet_run / "analysis", "saliency")
+    assert second != first and first.read_bytes() == kept
+    record = json.loads(second.read_text())
+    assert record["settings"]["num_images"] == 3
+    assert all(f.startswith(f"analysis/{second.stem}/") and (lenet_run / f).is_file() for f in record["files"])

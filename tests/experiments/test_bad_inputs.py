@@ -260,3 +260,18 @@ def test_a_diverged_run_is_not_resumed(tmp_path):
                      "resume=true", cwd=tmp_path)
     _assert_clean_failure(result, ["resume=True", "found no unfinished run"])
     assert tree_hashes(tmp_path / "outputs") == before
+
+
+@pytest.mark.parametrize(("override", "words"), [
+    ("nosuch.key=3", ["nosuch.key='3'", "not a key of the run's config.yaml", "+nosuch.key=3"]),
+    ("trainer.max_epochs=abc", ["trainer.max_epochs='abc'", "is not int"]),
+    ("trainer.accelerator=gpu", ["trainer.accelerator='gpu'", "no visible GPU"]),
+    ("trainer.strategy=bogus", ["trainer.strategy='bogus'", "invalid strategy name"]),
+])
+def test_eval_checks_the_keys_it_changes_in_the_runs_config(workdir, override, words):
+    if override.startswith("trainer.accelerator") and torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    before = tree_hashes(workdir / "outputs")
+    result = run_cli("experiments.eval", f"run={_finished_run(workdir)}", override, cwd=workdir)
+    _assert_clean_failure(result, words)
+    assert tree_hashes(workdir / "outputs") == before

@@ -9,6 +9,7 @@ other ``key=value`` arguments override single keys of it (e.g. ``data.root=/else
 
 from __future__ import annotations
 
+import contextlib
 import sys
 import time
 from pathlib import Path
@@ -16,7 +17,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from experiments.core.errors import UserError, exits_cleanly_on_user_error
+from experiments.core.errors import UserError, exits_cleanly_on_user_error, user_error_types
 from experiments.core.locations import CONF_DIR as CONF
 from experiments.training import schema
 
@@ -104,13 +105,17 @@ def analyze(run: str, settings: DictConfig, overrides: list[str] | None = None, 
     schema.check(OmegaConf.masked_copy(settings, ["analysis"]))  # types and ranges of every setting
     trained = load_trained(run, str(settings.get("ckpt", "best")), overrides)
     out_dir = trained.run_dir / "analysis"
+    made_out_dir = not out_dir.exists()
     loggers = dashboard_loggers(trained.cfg, trained.run_dir) if settings.get("dashboards", True) else []
     results = {}
+    written: list[Path] = []  # this command's outputs: removed again if a setting is refused
     try:
         for name, node in chosen.items():
             params = OmegaConf.to_container(node, resolve=True)
             target = params.pop("_target_")
-            ctx = AnalysisContext(trained=trained, name=name, out_dir=out_dir, loggers=loggers)
+            stem = new_stem(out_dir, name)
+            written += [out_dir / stem, out_dir / f"{stem}.json"]
+            ctx = AnalysisContext(trained=trained, name=name, out_dir=out_dir, loggers=loggers, stem=stem)
             started = time.time()
             try:
                 figures = get_method(target)(ctx, **params)
@@ -120,10 +125,13 @@ def analyze(run: str, settings: DictConfig, overrides: list[str] | None = None, 
             record = {"analysis": name, "run_dir": str(trained.run_dir), "checkpoint": str(trained.checkpoint_path),
                       "settings": params, "files": ctx.files, "figures": figures,
                       "seconds": round(time.time() - started, 2), "time": time.strftime("%Y-%m-%dT%H:%M:%S")}
-            runs.write_json_atomic(out_dir / f"{name}.json", record)
+            runs.write_json_atomic(out_dir / f"{stem}.json", record)
             results[name] = record
             if not quiet:
                 print(f"{name}: {', '.join(ctx.files) or 'no pictures'} ({record['seconds']} s)")
+    except user_error_types():
+        remove_outputs(written, out_dir if made_out_dir else None)  # a refused setting writes nothing
+        raise
     finally:
         for logger in loggers:
             logger.finalize("success")
@@ -134,6 +142,38 @@ def analyze(run: str, settings: DictConfig, overrides: list[str] | None = None, 
     if not quiet:
         print(f"analysis folder: {out_dir}")
     return results
+
+
+def new_stem(out_dir: Path, name: str) -> str:
+    """``name``, or ``name-2``, ``name-3``, ... when an earlier analysis of that name is in ``out_dir``:
+    a rerun (other settings, another checkpoint) never overwrites what an earlier one found."""
+    for number in range(1, 10_000):
+        stem = name if number == 1 else f"{name}-{number}"
+        if not (out_dir / stem).exists() and not (out_dir / f"{stem}.json").exists():
+            return stem
+    raise UserError("analysis", name, f"has 10,000 results in {out_dir} already.", "Clean up the folder.")
+
+
+def latest_record(out_dir: Path, name: str) -> Path | None:
+    """The JSON of the newest ``name`` analysis in ``out_dir`` (``name-3.json`` after ``name-2.json``)."""
+    found = [(1, out_dir / f"{name}.json")] + [(int(p.stem.rsplit("-", 1)[1]), p) for p in out_dir.glob(f"{name}-*.json")
+                                                if p.stem.rsplit("-", 1)[1].isdigit()]
+    found = [(number, path) for number, path in found if path.is_file()]
+    return max(found)[1] if found else None
+
+
+def remove_outputs(paths: list[Path], made_folder: Path | None) -> None:
+    """Remove what this command wrote (its own new files and folders), and the folder it made for them."""
+    import shutil
+
+    for path in paths:
+        if path.is_dir():
+            shutil.rmtree(path, ignore_errors=True)
+        elif path.exists():
+            path.unlink()
+    if made_folder is not None:
+        with contextlib.suppress(OSError):
+            made_folder.rmdir()  # only when empty
 
 
 @exits_cleanly_on_user_error

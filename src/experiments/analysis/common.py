@@ -225,6 +225,7 @@ class AnalysisContext:
     out_dir: Path  # <run>/analysis
     loggers: list[Any] = field(default_factory=list)
     files: list[str] = field(default_factory=list)
+    stem: str | None = None  # the output's name in out_dir (``name``, or ``name-2`` when an earlier one exists)
 
     @property
     def model(self) -> nn.Module:
@@ -260,7 +261,7 @@ class AnalysisContext:
         return mean, std
 
     def path(self, filename: str) -> Path:
-        folder = self.out_dir / self.name
+        folder = self.out_dir / (self.stem or self.name)
         folder.mkdir(parents=True, exist_ok=True)
         return folder / filename
 

@@ -17,8 +17,10 @@ from experiments.core.runs import RunFolder
 
 
 def read_landscape(run: Path) -> dict:
-    path = run / "analysis" / "loss_landscape.json"
-    if not path.is_file():
+    from experiments.analysis.analyze import latest_record
+
+    path = latest_record(run / "analysis", "loss_landscape")
+    if path is None:
         raise UserError("run", str(run), "has no analysis/loss_landscape.json.",
                         f"Run: python -m experiments.analyze run={run} \"analysis=[loss_landscape]\"")
     record = json.loads(path.read_text())
@@ -28,6 +30,7 @@ def read_landscape(run: Path) -> dict:
 
 def compare(runs: list[Path], out: Path) -> dict:
     from callbacks.plotting import new_figure
+    from experiments.analysis.analyze import new_stem
     from experiments.core import runs as run_files
 
     curves = [read_landscape(r) for r in runs]
@@ -43,9 +46,10 @@ def compare(runs: list[Path], out: Path) -> dict:
     axis.legend(fontsize=7)
     figure.tight_layout()
     out.mkdir(parents=True, exist_ok=True)
-    figure.savefig(out / "landscapes.png", dpi=120)
+    stem = new_stem(out, "landscapes")  # an earlier comparison is kept: landscapes-2.png, ...
+    figure.savefig(out / f"{stem}.png", dpi=120)
     table = {"runs": [{k: c[k] for k in ("run", "label", "loss_at_minimum", "sharpness_half_span")} for c in curves]}
-    run_files.write_json_atomic(out / "landscapes.json", table)
+    run_files.write_json_atomic(out / f"{stem}.json", table)
     return table
 
 

@@ -71,20 +71,39 @@ class TrainedRun:
         return (images * std + mean).clamp(0, 1)
 
 
+_ABSENT = object()
+
+
 def apply_overrides(cfg: DictConfig, overrides: list[str]) -> DictConfig:
-    """Set keys of the run's config; swapping a whole group (``model=vgg16``) is a different run."""
+    """Set keys of the run's config; swapping a whole group (``model=vgg16``) is a different run. A key
+    the run's config lacks is a typo unless added with ``+``; the values set are type-checked as
+    training checks them (:mod:`experiments.training.schema`), and trainer settings must build a Trainer
+    on this machine."""
+    from experiments.training import schema
+    from experiments.training.validation import check_evaluation_trainer
+
+    keys = []
     for item in overrides:
         if "=" not in item:
             raise UserError("argument", item, "is not of the form key=value.", "Use key=value pairs.")
         key, value = item.split("=", 1)
-        node = OmegaConf.select(cfg, key, default=None)
-        if OmegaConf.is_config(node):
+        adding, key = key.startswith("+"), key.lstrip("+")
+        node = OmegaConf.select(cfg, key, default=_ABSENT)
+        if node is _ABSENT and not adding:
+            raise UserError(key, value, "is not a key of the run's config.yaml (a misspelt key?).",
+                            f"Check the spelling against the run's config.yaml; +{key}={value} adds a new key.")
+        if isinstance(node, DictConfig):
             raise UserError(key, value, "would replace a whole config group of the trained run.",
                             f"Use the run's own {key}; set single keys such as {key}.<name>=<value>.")
         try:
-            OmegaConf.update(cfg, key, OmegaConf.select(OmegaConf.from_dotlist([item]), key), merge=False)
+            OmegaConf.update(cfg, key, OmegaConf.select(OmegaConf.from_dotlist([f"{key}={value}"]), key), merge=False,
+                             force_add=adding)
         except Exception as error:
             raise UserError(key, value, f"could not be applied ({error}).", "Use key=value pairs.") from None
+        keys.append(key)
+    schema.check_keys(cfg, keys)
+    if any(k == "trainer" or k.startswith("trainer.") for k in keys):
+        check_evaluation_trainer(cfg)
     return cfg
 
 

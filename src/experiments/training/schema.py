@@ -109,6 +109,14 @@ def check(cfg: DictConfig) -> None:
         raise UserError(key, value, problem, _fix(key, hint))
 
 
+def check_keys(cfg: DictConfig, keys: list[str]) -> None:
+    """:func:`check` for ``keys`` and the keys under them only: a saved run's other keys were checked
+    when it trained (by the rules of that day), and an evaluation must not trip over them."""
+    for key, value, hint, problem in _walk(cfg):
+        if problem != "undeclared" and any(key == k or key.startswith(k + ".") for k in keys):
+            raise UserError(key, value, problem, _fix(key, hint))
+
+
 def undeclared_keys(cfg: DictConfig) -> list[str]:
     """Keys of ``cfg`` that neither a target's signature nor :data:`DECLARED` gives a type."""
     return [key for key, _, _, problem in _walk(cfg) if problem == "undeclared"]

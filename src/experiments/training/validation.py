@@ -119,6 +119,18 @@ def _check_model_follows_data(cfg: DictConfig) -> None:
                         + (" (data.classes picks a subset of labels)." if key == "num_classes" else "."))
 
 
+def check_evaluation_trainer(cfg: DictConfig) -> None:
+    """A run's trainer settings changed for an evaluation: the hardware exists, the precision is
+    Lightning's, and Lightning builds the Trainer."""
+    trainer = cfg.get("trainer") or {}
+    _check_hardware(trainer)
+    precision = str(trainer.get("precision", "32-true"))
+    if precision not in PRECISIONS:
+        raise UserError("trainer.precision", precision, "is not a precision Lightning knows.",
+                        f"Use one of: {', '.join(PRECISIONS[:6])}.")
+    check_trainer_builds(cfg)
+
+
 def check_trainer_builds(cfg: DictConfig) -> None:
     """Build a Trainer from ``cfg.trainer`` on the side (no logger, callbacks or folders), so that a value
     Lightning refuses (``strategy=bogus``, ``limit_train_batches=1.5``, ``num_nodes=0``) is refused before
