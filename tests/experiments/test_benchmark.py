@@ -128,10 +128,22 @@ def test_quick_benchmark_reports_the_per_step_overhead(quick_run):
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message of a machine without a GPU")
-def test_gpu_suite_without_gpu_says_so_in_one_line():
-    result = run_cli("experiments.benchmark", "suite=gpu", cwd=REPO, timeout=60)
+@pytest.mark.parametrize("quick", [[], ["quick=true"]], ids=["full", "quick (scripts/gpu_check.sh's)"])
+def test_gpu_suite_without_gpu_says_so_in_one_line(quick):
+    """The configuration composes (quick=true on the gpu suite once failed on a key the suite lacked,
+    which only a GPU machine would have shown) and the machine's lack of a GPU is one line."""
+    result = run_cli("experiments.benchmark", "suite=gpu", *quick, cwd=REPO, timeout=60)
     assert result.returncode == 2
     assert result.stderr.strip().count("\n") == 0 and "suite=gpu needs a CUDA GPU" in result.stderr
+
+
+def test_every_suite_composes_with_and_without_quick():
+    from experiments.bench.suite import load_config
+
+    for suite in ("cpu", "gpu"):
+        for quick in ("false", "true"):
+            cfg, settings = load_config([f"suite={suite}", f"quick={quick}"])
+            assert settings.overhead and settings.steps and cfg.sections
 
 
 @pytest.mark.parametrize("override, words", [
@@ -142,6 +154,8 @@ def test_gpu_suite_without_gpu_says_so_in_one_line():
     ("cpu.host_allocator=tcmalloc", ["cpu.host_allocator", "tcmalloc", "reuse"]),
     ("cpu.overhead.0.block=7", ["cpu.overhead[0].block", "7", "divide steps=400"]),
     ("cpu.overhead.0.block=25", ["cpu.overhead[0].block", "25", "logging period (50 steps)", "multiple of 50"]),
+    ("sections=[nosuch]", ["sections=['nosuch']", "(not nosuch)", "overhead, data"]),
+    ("sections=[]", ["sections=[]", "one or more"]),
 ])
 def test_a_bad_setting_is_refused_before_anything_runs(tmp_path, override, words):
     from tests.conftest import assert_refused

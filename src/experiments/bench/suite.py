@@ -36,11 +36,14 @@ def parse(argv: list[str]) -> list[str]:
     return parser.parse_args(argv).overrides
 
 
+SECTIONS = ("overhead", "data", "allocator", "startup", "memory", "options", "steps")
+
+
 def load_config(overrides: list[str]):
     """``conf/benchmark.yaml`` with overrides; with ``quick=true`` the quick block replaces the suite's."""
     from hydra import compose, initialize_config_dir
     from hydra.errors import HydraException
-    from omegaconf import OmegaConf
+    from omegaconf import ListConfig, OmegaConf
     from omegaconf.errors import OmegaConfBaseException
 
     from experiments.core.errors import UserError
@@ -56,6 +59,14 @@ def load_config(overrides: list[str]):
                         '(cpu.steps.overrides=["model=linear"]).') from None
     if cfg.suite not in ("cpu", "gpu"):
         raise UserError("suite", cfg.suite, "is not a suite.", "Use suite=cpu or suite=gpu.")
+    sections = list(cfg.sections) if isinstance(cfg.sections, ListConfig) else None
+    if not sections or set(sections) - set(SECTIONS):
+        raise UserError("sections", cfg.sections, "must list one or more of the sections"
+                        + (f" (not {', '.join(sorted(set(sections) - set(SECTIONS)))})" if sections else "") + ".",
+                        f"Use e.g. sections=[overhead]; the sections are {', '.join(SECTIONS)}.")
+    from experiments.core.output_folders import check_can_create
+
+    check_can_create(Path(str(cfg.output_dir)), "output_dir")  # before minutes of timing, not after
     suite = cfg[cfg.suite]
     if cfg.quick:
         suite = OmegaConf.merge(suite, cfg.quick_settings)
