@@ -3,7 +3,9 @@
 #   1. the tests marked `gpu` (tests/gpu: bf16/16-mixed training, device-resident data, channels_last,
 #      torch.compile, resume on the GPU);
 #   2. python -m experiments.benchmark suite=gpu quick=true;
-#   3. the README's LeNet-5 run on the GPU (test accuracy and wall time).
+#   3. the README's LeNet-5 run on the GPU (test accuracy and wall time);
+#   4. ResNet-20 at batch 512 in bf16 (and ResNet-50 at 224), ours beside the plain loop: the gpu suite's
+#      overhead section, 2 rounds (images/s of both and their paired ratio).
 # Without a GPU it says so, checks that the GPU tests are collected, and exits 0 (CI runs this path).
 #   bash scripts/gpu_check.sh [out.json]      (default outputs/gpu_check.json)
 set -euo pipefail
@@ -33,11 +35,16 @@ lenet_start=$(date +%s.%N)
 $PY -m experiments.train experiment=lenet_fashion trainer=gpu quiet=true paths.output_root="$work/outputs" > "$work/lenet.log" 2>&1
 lenet_rc=$?
 lenet_end=$(date +%s.%N)
+$PY -m experiments.benchmark suite=gpu "sections=[overhead]" gpu.rounds=2 output_dir="$work/resnet" \
+  > "$work/resnet.log" 2>&1
+resnet_rc=$?
 set -e
-$PY - "$OUT" "$work" "$tests_rc" "$bench_rc" "$lenet_rc" "$lenet_start" "$lenet_end" "$start" <<'PY'
+$PY - "$OUT" "$work" "$tests_rc" "$bench_rc" "$lenet_rc" "$lenet_start" "$lenet_end" "$start" "$resnet_rc" <<'PY'
 import glob, json, sys, time
 import torch
-out, work, tests_rc, bench_rc, lenet_rc, lenet_start, lenet_end, start = sys.argv[1:]
+out, work, tests_rc, bench_rc, lenet_rc, lenet_start, lenet_end, start, resnet_rc = sys.argv[1:]
+resnets = sorted(glob.glob(f"{work}/resnet/*.json"))
+resnet = json.load(open(resnets[-1])) if resnets else {}
 summaries = glob.glob(f"{work}/outputs/train/*/*/summary.json")
 lenet = json.load(open(summaries[0])) if summaries else {}
 benches = sorted(glob.glob(f"{work}/bench/*.json"))
@@ -49,6 +56,9 @@ record = {
                   "log_tail": tail("bench.log")},
     "lenet_fashion": {"exit_code": int(lenet_rc), "test_acc": lenet.get("test_acc"),
                       "wall_s": round(float(lenet_end) - float(lenet_start), 1)},
+    "overhead_resnet20_b512_bf16": {"exit_code": int(resnet_rc), "ratios": resnet.get("ratios"),
+                                     "overhead": (resnet.get("results") or {}).get("overhead"),
+                                     "log_tail": tail("resnet.log")},
     "total_s": round(time.time() - float(start), 1),
 }
 json.dump(record, open(out, "w"), indent=2, default=str)
