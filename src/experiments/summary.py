@@ -106,9 +106,25 @@ def main(cfg: DictConfig) -> None:
     from hydra.core.hydra_config import HydraConfig
 
     require_a_model(cfg, HydraConfig.get().runtime.choices.get("model"))
+    _check_memory_settings(cfg)
     render(summarise(cfg), show_rows=bool(cfg.get("rows", True)))
     if cfg.get("memory"):
         render_memory(cfg)
+
+
+MEMORY_OPTIMIZERS = ("sgd", "sgd_momentum", "adam")  # experiments.bench.memory.OPTIMIZER_SLOTS (no torch here)
+
+
+def _check_memory_settings(cfg: DictConfig) -> None:
+    from experiments.core.errors import UserError
+
+    batch = cfg.get("memory_batch")
+    if batch is not None and (isinstance(batch, bool) or not isinstance(batch, int) or batch < 1):
+        raise UserError("memory_batch", batch, "must be a positive number of images (or null: data.batch_size).",
+                        "Use e.g. memory_batch=128.")
+    if str(cfg.get("memory_optimizer", "sgd_momentum")) not in MEMORY_OPTIMIZERS:
+        raise UserError("memory_optimizer", cfg.get("memory_optimizer"), "is not an optimizer the bill knows.",
+                        f"Use one of: {', '.join(MEMORY_OPTIMIZERS)}.")
 
 
 def render_memory(cfg: DictConfig) -> None:
@@ -146,4 +162,12 @@ if __name__ == "__main__":
         print_help("summary", "summary", sys.argv)
         print("\n--map: the map of the architectures (python -m experiments.summary --map --help)")
         sys.exit(0)
+    from experiments.core.fast_help import unknown_key, unknown_option
+
+    unknown = unknown_option(sys.argv[1:]) or unknown_key(sys.argv[1:], config_name="summary")
+    if unknown:  # one paragraph, not Hydra's listing of every option
+        import textwrap
+
+        print(textwrap.fill(unknown, width=100), file=sys.stderr)
+        sys.exit(2)
     main()

@@ -128,3 +128,17 @@ def test_model_configs_follow_the_contract(name: str) -> None:
         assert raw["input_size"] == "${data.image_size}"
     assert set(raw) - {"_target_", *MODEL_METADATA_KEYS} <= set(signature.parameters)
     assert {"title", "input_size", "num_classes"} <= set(raw["paper"])
+
+
+@pytest.mark.parametrize(("args", "words"), [
+    (["model=nosuch"], ["model=nosuch", "no such model"]),
+    (["model.depthh=3"], ["model.depthh=3", "no key 'depthh' under model"]),
+    (["memory=true", "memory_optimizer=bogus"], ["memory_optimizer='bogus'", "sgd, sgd_momentum, adam"]),
+    (["memory=true", "memory_batch=-1"], ["memory_batch=-1", "positive number of images"]),
+])
+def test_summary_refuses_bad_input_in_one_paragraph(tmp_path, args, words):
+    from tests.conftest import assert_refused, run_cli
+
+    result = run_cli("experiments.summary", *args, cwd=tmp_path)
+    assert_refused(result, words)
+    assert result.stderr.strip().count("\n") <= 3 and list(tmp_path.iterdir()) == []
