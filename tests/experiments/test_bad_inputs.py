@@ -215,6 +215,17 @@ def test_a_folder_that_holds_a_run_is_never_written_into_again(workdir, args):
     assert tree_hashes(workdir / "outputs") == before
 
 
+@pytest.mark.parametrize(("args", "words"), [
+    (["hydra.sweeper.storage=bogus://x"], ["hydra.sweeper.storage='bogus://x'", "not a database URL"]),
+    (["~hydra.sweeper.params.optimizer"], ["hydra.sweeper.params={}", "searches nothing"]),
+], ids=["storage URL", "empty search space"])
+def test_a_sweep_that_cannot_search_is_refused_before_writing(tmp_path, args, words):
+    result = run_cli("experiments.train", "-m", *TINY, "hparams_search=random_log", "hydra.sweeper.n_trials=2", *args,
+                     cwd=tmp_path)
+    _assert_clean_failure(result, words)
+    assert [p for p in tmp_path.rglob("*") if p.is_file()] == [], "no sweep folder, lock or study database"
+
+
 def test_sweep_with_a_non_positive_log_bound_is_refused_before_writing(tmp_path):
     result = run_cli("experiments.train", "-m", *TINY, "hparams_search=random_log", "hydra.sweeper.n_trials=1",
                      "hydra.sweeper.params.optimizer.lr='tag(log, interval(0, 1e-2))'", cwd=tmp_path)

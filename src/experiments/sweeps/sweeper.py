@@ -105,6 +105,8 @@ class StudySweeper:
         identity.pin_for_jobs(config, "hydra.sweep.dir", sweep_dir)
         self.sweep_dir = Path(sweep_dir)
         self.storage_url = identity.storage_url(self.storage, self.sweep_dir)
+        with _refusal_exits():
+            _check_storage_url(self.storage_url)
         self.launcher = Plugins.instance().instantiate_launcher(config=config, hydra_context=hydra_context,
                                                                task_function=task_function)
         metric = str(config.get("optimized_metric", ""))
@@ -189,6 +191,11 @@ class StudySweeper:
     def sweep(self, arguments: list[str]) -> None:
         with _refusal_exits():
             search = self.search_space(arguments)
+            if not search.distributions:
+                raise UserError("hydra.sweeper.params", {}, "searches nothing: every trial "
+                                "would train the same configuration.", "Give at least one range, e.g. "
+                                "\"hydra.sweeper.params.optimizer.lr='tag(log, interval(1e-4, 1e-1))'\" (or a "
+                                "hparams_search preset); for one run, drop -m.")
             sampler, n_trials = self._sampler_for(search)
             self._check_pruning()
             self._check_composes(search)
@@ -352,3 +359,20 @@ def _write_atomic(path: Path, text: str) -> None:
         handle.write(text)
     os.chmod(tmp, 0o644)
     os.replace(tmp, path)
+
+
+def _check_storage_url(url: str | None) -> None:
+    """A storage URL SQLAlchemy can read, refused before the sweep folder or a lock file is made (its
+    driver is checked when the study opens)."""
+    if url is None:
+        return
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError, NoSuchModuleError
+
+    try:
+        make_url(url).get_dialect()
+    except (ArgumentError, NoSuchModuleError, ValueError) as error:
+        raise UserError("hydra.sweeper.storage", url, f"is not a database URL SQLAlchemy knows "
+                        f"({' '.join(str(error).split())[:160]}).", "Keep the default (sweep_dir: a SQLite file in "
+                        "the sweep folder), or give e.g. sqlite:////abs/path/optuna.db or "
+                        "postgresql://user@host/db.") from None
