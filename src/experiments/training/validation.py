@@ -88,6 +88,31 @@ def _check_hardware(trainer: DictConfig) -> None:
                         "visible here.", f"Use trainer.devices={torch.cuda.device_count()} or fewer.")
 
 
+def _check_interpolations(cfg: DictConfig) -> None:
+    """Every ``${...}`` resolves (a study's ``study.variant`` picks its model keys by interpolation; a
+    variant it lacks would fail when the model is built, as a traceback)."""
+    from omegaconf.errors import InterpolationResolutionError
+
+    study = cfg.get("study")
+    if isinstance(study, DictConfig) and isinstance(study.get("variants"), DictConfig):
+        variant, variants = study.get("variant"), list(study.variants)
+        if variant not in variants:
+            raise UserError("study.variant", variant, "is not one of this study's variants.",
+                            f"Use one of: {', '.join(map(str, variants))}.")
+    try:
+        OmegaConf.to_container(cfg, resolve=True)
+    except InterpolationResolutionError as error:
+        key = getattr(error, "full_key", None) or "config"
+        parent, _, leaf = key.rpartition(".")
+        try:  # the text the user wrote, ${...} and all
+            raw = (OmegaConf.select(cfg, parent) if parent else cfg)._get_node(leaf)._value()
+        except Exception:
+            raw = None
+        problem = " ".join(str(error).split("full_key:")[0].split())
+        raise UserError(key, raw, f"cannot be resolved ({problem}).", "Set the keys it refers to, or set this key "
+                        "itself (python -m experiments.train --cfg job shows the config).") from None
+
+
 def _check_trainer_ranges(cfg: DictConfig) -> None:
     """Values Lightning's Trainer accepts when it is built but fails on inside the run (a division by
     zero, an empty epoch), after the run folder is made."""
@@ -173,6 +198,7 @@ def _model_choice() -> str | None:
 
 def validate(cfg: DictConfig) -> None:
     require_a_model(cfg, _model_choice())
+    _check_interpolations(cfg)
     schema.check(cfg)  # every key's type (schema.py); the ranges below
     _number(cfg, "optimizer.lr", 0, low_inclusive=False, fix="Set a positive learning rate, e.g. optimizer.lr=0.1.")
     _number(cfg, "optimizer.weight_decay", 0, fix="Use 0 to disable weight decay, or e.g. 1e-4.")
