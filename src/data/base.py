@@ -390,8 +390,8 @@ class InMemoryDataModule(pl.LightningDataModule):
         return images.contiguous(), labels.long()
 
     def _dataset(self, images: torch.Tensor, labels: torch.Tensor) -> TensorBatches:
-        if self.device_resident is True and torch.cuda.is_available():
-            images, labels = images.cuda(), labels.cuda()
+        # On the host: a split goes to the Trainer's own device when a loader is made (:meth:`placed`),
+        # not to cuda:0 whatever the Trainer trains on (a CPU Trainer, another DDP rank's GPU).
         return TensorBatches(images, labels)
 
     def training_device(self) -> torch.device | None:
@@ -402,14 +402,17 @@ class InMemoryDataModule(pl.LightningDataModule):
 
     def placed(self, dataset: TensorBatches, device: torch.device | None) -> TensorBatches:
         """``dataset`` on ``device`` when ``device_resident`` says so (copied once, then reused)."""
-        if self.device_resident != "auto" or device is None:
+        if self.device_resident is False or device is None:
             return dataset
         if id(dataset) in self._placed:
             return self._placed[id(dataset)]
-        resident, why = resident_decision("auto", dataset.nbytes, device, free_memory(device))
+        resident, why = resident_decision(self.device_resident, dataset.nbytes, device, free_memory(device))
         if not resident:
+            if self.device_resident is True:
+                log.warning("data.device_resident=true has no effect here: %s; the data stays on the host", why)
             return dataset
-        log.info("data.device_resident=auto: %s images kept on %s (%s)", len(dataset), device, why)
+        log.info("data.device_resident=%s: %s images kept on %s (%s)", str(self.device_resident).lower(),
+                 len(dataset), device, why)
         self._placed[id(dataset)] = dataset.to(device)
         return self._placed[id(dataset)]
 

@@ -82,3 +82,21 @@ def test_a_bad_setting_names_the_key(value):
 def test_tensor_batches_size():
     split = TensorBatches(torch.zeros(10, 3, 4, 4, dtype=torch.uint8), torch.zeros(10, dtype=torch.long))
     assert split.nbytes == 10 * 3 * 4 * 4 + 10 * 8
+
+
+def test_true_places_the_data_on_the_trainers_device_only(monkeypatch, caplog):
+    """``true`` is "on the training GPU, whatever the size": never on cuda:0 when the Trainer trains on the
+    CPU (or on another rank's GPU); on a CPU Trainer it stays on the host, and says so."""
+    import logging
+
+    dm = data(device_resident=True)
+    dm.setup("fit")
+    assert dm.train_set.images.device.type == "cpu"  # setup leaves every split on the host
+    with caplog.at_level(logging.WARNING, logger="data.base"):
+        assert dm.placed(dm.train_set, torch.device("cpu")) is dm.train_set
+    assert "device_resident=true has no effect here" in caplog.text
+    placed_on = []
+    monkeypatch.setattr(base.TensorBatches, "to", lambda self, device: placed_on.append(device) or self)
+    monkeypatch.setattr(base, "free_memory", lambda device: None)
+    dm.placed(dm.val_set, torch.device("cuda", 1))  # true: no free-memory figure needed
+    assert placed_on == [torch.device("cuda", 1)]
