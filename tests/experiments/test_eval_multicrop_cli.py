@@ -129,6 +129,7 @@ BAD = [
     (["eval.runs=[]"], ["eval.runs='[]'", "is empty"]),
     (["eval.runs=[{A},outputs/no/such/run]"], ["eval.runs='outputs/no/such/run'", "does not exist"]),
     (["run={A}", "eval.resize_ratio=0.5"], ["eval.resize_ratio='0.5'", ">= 1"]),
+    (["run={A}", "eval.resize_ratio=1000"], ["eval.resize_ratio='1000'", "is past 4"]),
     (["run={A}", "eval.crop=10"], ["eval.crop='10'", "eval.crops"]),
     (["eval.runs=[{A},{classes}]"], ["eval.runs=", "data.num_classes=5", "same dataset"]),
     (["eval.runs=[{A},{size}]"], ["eval.runs=", "data.image_size=28"]),

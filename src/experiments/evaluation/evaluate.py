@@ -93,6 +93,9 @@ def parse_crops(value: str) -> list[int]:
     return list(dict.fromkeys(schemes))
 
 
+MAX_RATIO = 4.0  # the papers use 256/224 (10-crop) to 352/224 (144-crop)
+
+
 def parse_ratio(value: str, key: str = "eval.resize_ratio",
                 meaning: str = "the 10-crop's shorter side over the crop size (data.image_size)",
                 example: str = "the papers' eval.resize_ratio=256/224 (the default)") -> float:
@@ -104,6 +107,10 @@ def parse_ratio(value: str, key: str = "eval.resize_ratio",
         ratio = math.nan
     if not math.isfinite(ratio) or ratio < 1:
         raise UserError(key, value, f"must be a number >= 1: {meaning}.", f"Use {example}.")
+    if ratio > MAX_RATIO:  # the images grow by its square: 1000 asked for 208 GB
+        raise UserError(key, value, f"is past {MAX_RATIO:g}: {meaning}; the test images would grow "
+                        f"{ratio ** 2:,.0f}-fold in pixels and a crop would see under 1/{MAX_RATIO ** 2:g} of one.",
+                        f"Use {example}.")
     return ratio
 
 
