@@ -25,6 +25,8 @@ TRAIN_CASES = [
     (["optimizer.lr=${nosuch.key}"], ["optimizer.lr='${nosuch.key}'", "cannot be resolved", "nosuch.key"]),
     (["experiment=depth_vs_width", "study.variant=nosuch", "data=synthetic"],
      ["study.variant='nosuch'", "deep_3x3, mid_3x3"]),
+    (["trainer.precision=bf16-true"], ["trainer.precision='bf16-true'", "half precision", "bf16-mixed"]),
+    (["trainer.precision=16-mixed"], ["trainer.precision='16-mixed'", "float16 autocast", "bf16-mixed on the CPU"]),
     (["seed=99999999999"], ["seed=99999999999", "largest seed numpy takes (4294967295)"]),
     (["run_name=../../escape"], ["run_name='../../escape'", "cannot hold '/'"]),
     (["paths.output_root="], ["paths.output_root=''", "is empty"]),

@@ -113,6 +113,21 @@ def _check_interpolations(cfg: DictConfig) -> None:
                         "itself (python -m experiments.train --cfg job shows the config).") from None
 
 
+def _check_precision_fits(precision: str, trainer) -> None:
+    """Precisions Lightning accepts that this project cannot honour as asked."""
+    if precision in ("bf16-true", "16-true"):
+        raise UserError("trainer.precision", precision, "keeps the weights themselves in half precision, which "
+                        "this project does not support: its data path normalises images to float32 after "
+                        "Lightning converts a batch, and its diagnostics probe the model with float32 images.",
+                        "Use bf16-mixed (or 16-mixed on a GPU): the weights stay float32 and the convolutions run "
+                        "in half precision under autocast.")
+    accelerator = str(trainer.get("accelerator", "auto")).lower()
+    if precision in ("16-mixed", "16") and accelerator == "cpu":
+        raise UserError("trainer.precision", precision, "is float16 autocast, which the CPU does not do: Lightning "
+                        "would run bf16-mixed instead without saying so.",
+                        "Use trainer.precision=bf16-mixed on the CPU (or 32-true), 16-mixed on a GPU.")
+
+
 def _check_trainer_ranges(cfg: DictConfig) -> None:
     """Values Lightning's Trainer accepts when it is built but fails on inside the run (a division by
     zero, an empty epoch), after the run folder is made."""
@@ -153,6 +168,7 @@ def check_evaluation_trainer(cfg: DictConfig) -> None:
     if precision not in PRECISIONS:
         raise UserError("trainer.precision", precision, "is not a precision Lightning knows.",
                         f"Use one of: {', '.join(PRECISIONS[:6])}.")
+    _check_precision_fits(precision, trainer)
     check_trainer_builds(cfg)
 
 
@@ -222,6 +238,7 @@ def validate(cfg: DictConfig) -> None:
     if precision not in PRECISIONS:
         raise UserError("trainer.precision", precision, "is not a precision Lightning knows.",
                         f"Use one of: {', '.join(PRECISIONS[:6])}.")
+    _check_precision_fits(precision, trainer)
     check_trainer_builds(cfg)
     _check_model_follows_data(cfg)
     weights = (cfg.get("module") or {}).get("aux_loss_weights") or []
