@@ -100,7 +100,10 @@ def _check_interpolations(cfg: DictConfig) -> None:
             raise UserError("study.variant", variant, "is not one of this study's variants.",
                             f"Use one of: {', '.join(map(str, variants))}.")
     try:
-        OmegaConf.to_container(cfg, resolve=True)
+        for key in cfg:  # (Hydra's own node, present in a config composed in-process, resolves inside a job)
+            node = cfg._get_node(key)  # (a top-level value such as run_name: ${hydra:...} resolves in a job)
+            if key != "hydra" and isinstance(node, (DictConfig, ListConfig)):
+                OmegaConf.to_container(node, resolve=True)
     except InterpolationResolutionError as error:
         key = getattr(error, "full_key", None) or "config"
         parent, _, leaf = key.rpartition(".")
@@ -214,8 +217,8 @@ def _model_choice() -> str | None:
 
 def validate(cfg: DictConfig) -> None:
     require_a_model(cfg, _model_choice())
-    _check_interpolations(cfg)
     schema.check(cfg)  # every key's type (schema.py); the ranges below
+    _check_interpolations(cfg)
     _number(cfg, "optimizer.lr", 0, low_inclusive=False, fix="Set a positive learning rate, e.g. optimizer.lr=0.1.")
     _number(cfg, "optimizer.weight_decay", 0, fix="Use 0 to disable weight decay, or e.g. 1e-4.")
     _number(cfg, "optimizer.momentum", 0, 1, fix="Use a momentum in [0, 1), e.g. 0.9.")
