@@ -32,15 +32,22 @@ from data.errors import DataConfigError
 log = logging.getLogger(__name__)
 
 
+def trains_batchnorm(trainer: Any) -> bool:
+    """Whether the model the attached Trainer trains has a BatchNorm layer (no Trainer: no model to
+    protect, so a loop without one, like the benchmark's plain loop, sees every batch)."""
+    module = getattr(trainer, "lightning_module", None) if trainer is not None else None
+    return module is not None and any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in module.modules())
+
+
 def last_batch_is_one_image(images: int, batch_size: int, trainer: Any = None) -> bool:
     """Whether an epoch's last training batch would hold a single image (on each rank under DDP, whose
     sampler gives every rank ``ceil(images / world_size)``): then the training loader drops it.
 
     BatchNorm cannot take batch statistics of one image where a map is 1x1 (a CIFAR ResNet-18's last
     stage, any BN after global pooling): PyTorch stops the run mid-epoch with "Expected more than 1 value
-    per channel". Dropping that batch loses one image of a reshuffled epoch (a different one each epoch),
-    as long as a full batch remains; Lightning counts the epoch's batches from the loader, so schedules
-    and progress agree.
+    per channel". For a model with BatchNorm (:func:`trains_batchnorm`), dropping that batch loses one
+    image of a reshuffled epoch (a different one each epoch), as long as a full batch remains; Lightning
+    counts the epoch's batches from the loader, so schedules and progress agree.
     """
     world = int(getattr(trainer, "world_size", 1) or 1) if trainer is not None else 1
     per_rank = -(-images // world)
@@ -394,11 +401,16 @@ class InMemoryDataModule(pl.LightningDataModule):
         # not to cuda:0 whatever the Trainer trains on (a CPU Trainer, another DDP rank's GPU).
         return TensorBatches(images, labels)
 
+    # Where a loop without a Lightning Trainer trains (the benchmark's plain loop sets it): a split can go
+    # there as it goes to an attached Trainer's device. None: only a Trainer's device counts.
+    device_hint: torch.device | None = None
+
     def training_device(self) -> torch.device | None:
-        """The device the attached Trainer trains on (None without a Trainer)."""
+        """The device the attached Trainer trains on, else :attr:`device_hint` (None without either)."""
         trainer = getattr(self, "trainer", None)
         strategy = getattr(trainer, "strategy", None) if trainer is not None else None
-        return getattr(strategy, "root_device", None)
+        device = getattr(strategy, "root_device", None)
+        return device if device is not None else self.device_hint
 
     def placed(self, dataset: TensorBatches, device: torch.device | None) -> TensorBatches:
         """``dataset`` on ``device`` when ``device_resident`` says so (copied once, then reused)."""
@@ -406,7 +418,8 @@ class InMemoryDataModule(pl.LightningDataModule):
             return dataset
         if id(dataset) in self._placed:
             return self._placed[id(dataset)]
-        resident, why = resident_decision(self.device_resident, dataset.nbytes, device, free_memory(device))
+        free = free_memory(device) if self.device_resident == "auto" else None  # true: whatever the size
+        resident, why = resident_decision(self.device_resident, dataset.nbytes, device, free)
         if not resident:
             if self.device_resident is True:
                 log.warning("data.device_resident=true has no effect here: %s; the data stays on the host", why)
@@ -426,7 +439,8 @@ class InMemoryDataModule(pl.LightningDataModule):
             self._apply_resume()
         size = self.batch_size if shuffle else self.eval_batch_size
         resident = dataset.labels.device.type != "cpu"
-        drop_last = shuffle and last_batch_is_one_image(len(dataset), size, getattr(self, "trainer", None))
+        trainer = getattr(self, "trainer", None)
+        drop_last = shuffle and trains_batchnorm(trainer) and last_batch_is_one_image(len(dataset), size, trainer)
         # batch_size + sampler (not a batch_sampler): Lightning's DDP swaps in a DistributedSampler and
         # keeps the batch size; with a batch_sampler it would rebuild the loader with batch_size=None.
         # The fetcher still hands each whole batch of indices to TensorBatches.__getitems__.

@@ -27,7 +27,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 from torch.utils.data import DataLoader, Subset
 
-from data.base import last_batch_is_one_image
+from data.base import last_batch_is_one_image, trains_batchnorm
 from data.errors import DataConfigError
 from data.stats import FolderStats, folder_stats
 
@@ -251,7 +251,8 @@ class ImageFolderDataModule(pl.LightningDataModule):
             self.test_set = test
 
     def _loader(self, dataset, shuffle: bool, batch_size: int) -> DataLoader:
-        drop_last = shuffle and last_batch_is_one_image(len(dataset), batch_size, getattr(self, "trainer", None))
+        trainer = getattr(self, "trainer", None)
+        drop_last = shuffle and trains_batchnorm(trainer) and last_batch_is_one_image(len(dataset), batch_size, trainer)
         return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, num_workers=self.num_workers,
                           pin_memory=torch.cuda.is_available(), persistent_workers=self.num_workers > 0,
                           drop_last=drop_last)

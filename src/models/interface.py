@@ -37,7 +37,6 @@ for a model from outside the zoo that lacks the interface (the caller falls back
 
 from __future__ import annotations
 
-import copy
 import itertools
 from collections import OrderedDict
 from typing import Protocol, runtime_checkable
@@ -135,10 +134,12 @@ class ClassifierMixin(nn.Module):
             return old if isinstance(old, NoClassifier) else NoClassifier(old)
         layer = with_outputs(old, num_classes)
         if isinstance(old, NoClassifier):  # built from the meta-device template: give it memory here
-            # the model's device now (it may have moved since), or, for a model that has no other
-            # tensor (the linear classifier), the device the replaced layer was on
+            # the model's device and dtype now (it may have moved since), or, for a model that has no
+            # other tensor (the linear classifier), those of the replaced layer
             reference = next(itertools.chain(self.parameters(), self.buffers()), None)
-            layer = layer.to_empty(device=old.device if reference is None else reference.device)
+            device = old.device if reference is None else reference.device
+            dtype = old.dtype if reference is None or not reference.is_floating_point() else reference.dtype
+            layer = layer.to_empty(device=device).to(dtype=dtype)
             for module in layer.modules():
                 if hasattr(module, "reset_parameters"):
                     module.reset_parameters()  # also a BatchNorm's running statistics
@@ -182,8 +183,9 @@ class NoClassifier(nn.Identity):
     def __init__(self, replaced: nn.Module) -> None:
         super().__init__()
         self.in_features = input_width(replaced)
-        self.device = next(itertools.chain(replaced.parameters(), replaced.buffers())).device
-        self.__dict__["replaced"] = copy.deepcopy(replaced).to("meta")
+        tensor = next(itertools.chain(replaced.parameters(), replaced.buffers()))
+        self.device, self.dtype = tensor.device, tensor.dtype
+        self.__dict__["replaced"] = with_outputs(replaced, 1, device="meta")  # its shape and kind, no memory
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}"
@@ -208,7 +210,7 @@ def input_width(layer: nn.Module) -> int:
     raise TypeError(f"{type(layer).__name__} is not a classifier layer (Linear, Conv2d or a Sequential of them)")
 
 
-def with_outputs(layer: nn.Module, num_classes: int) -> nn.Module:
+def with_outputs(layer: nn.Module, num_classes: int, device: torch.device | str | None = None) -> nn.Module:
     """A new layer like ``layer`` (inputs, bias, kernel, device, dtype) with ``num_classes`` outputs.
 
     A Linear, a (non-grouped) Conv2d, a BatchNorm1d over the classes, or an ``nn.Sequential`` of them whose
@@ -219,7 +221,7 @@ def with_outputs(layer: nn.Module, num_classes: int) -> nn.Module:
     if isinstance(layer, NoClassifier):
         layer = layer.replaced
     tensor = next(iter([*layer.parameters(), *layer.buffers()]))
-    factory = {"device": tensor.device, "dtype": tensor.dtype}
+    factory = {"device": tensor.device if device is None else device, "dtype": tensor.dtype}
     if isinstance(layer, nn.Linear):
         return nn.Linear(layer.in_features, num_classes, bias=layer.bias is not None, **factory)
     if isinstance(layer, nn.Conv2d) and layer.groups == 1:
@@ -229,7 +231,7 @@ def with_outputs(layer: nn.Module, num_classes: int) -> nn.Module:
         return nn.BatchNorm1d(num_classes, eps=layer.eps, momentum=layer.momentum, affine=layer.affine,
                               track_running_stats=layer.track_running_stats, **factory)
     if isinstance(layer, nn.Sequential):
-        return nn.Sequential(OrderedDict((name, with_outputs(child, num_classes))
+        return nn.Sequential(OrderedDict((name, with_outputs(child, num_classes, device))
                                          for name, child in layer.named_children()))
     raise TypeError(f"cannot resize a {type(layer).__name__} to new classes")
 

@@ -100,3 +100,14 @@ def test_true_places_the_data_on_the_trainers_device_only(monkeypatch, caplog):
     monkeypatch.setattr(base, "free_memory", lambda device: None)
     dm.placed(dm.val_set, torch.device("cuda", 1))  # true: no free-memory figure needed
     assert placed_on == [torch.device("cuda", 1)]
+
+
+def test_a_loop_without_a_trainer_names_its_device_with_the_hint(monkeypatch):
+    """The benchmark's plain loop has no Trainer: its device_resident=true data must still go to its GPU."""
+    placed_on = []
+    monkeypatch.setattr(base.TensorBatches, "to", lambda self, device: placed_on.append(device) or self)
+    dm = data(device_resident=True)
+    dm.setup("fit")
+    dm.device_hint = torch.device("cuda", 0)
+    dm.train_dataloader()
+    assert dm.training_device() == torch.device("cuda", 0) and placed_on == [torch.device("cuda", 0)]

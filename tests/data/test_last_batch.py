@@ -1,4 +1,5 @@
-"""A training epoch never ends in a batch of one image: BatchNorm cannot train on it where a map is 1x1."""
+"""A training epoch of a model with BatchNorm never ends in a batch of one image: BatchNorm cannot train on
+it where a map is 1x1."""
 
 from __future__ import annotations
 
@@ -32,6 +33,10 @@ def test_the_training_loader_drops_only_the_single_last_image_and_eval_loaders_k
     dm = build("synthetic", "data.num_train=501", "data.val_size=100", "data.batch_size=50",
                "data.eval_batch_size=50", seed=0)
     dm.setup("fit")
+    assert len(dm.train_dataloader()) == 9  # no Trainer, no model with BatchNorm: every batch kept
+    dm.trainer = SimpleNamespace(world_size=1, lightning_module=torch.nn.Conv2d(1, 1, 1))
+    assert len(dm.train_dataloader()) == 9  # a model without BatchNorm trains on a batch of one
+    dm.trainer = SimpleNamespace(world_size=1, lightning_module=torch.nn.BatchNorm2d(1))
     assert len(dm.train_set) == 401  # 8 * 50 + 1
     dm.train_set.labels = torch.arange(401)  # label = index
     seen = []

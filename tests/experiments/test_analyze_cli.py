@@ -50,13 +50,15 @@ def test_every_analysis_writes_its_pictures_and_figures(resnet_run):
     events_before = set((resnet_run / "tensorboard").glob("events.*"))
     result = run_cli("experiments.analyze", f"run={resnet_run}", f"analysis=[cam,{','.join(ALL_BUT_CAM)}]", *SMALL,
                      cwd=resnet_run, check=True, timeout=600)
+    from experiments.analysis.analyze import latest_record
+
     folder = resnet_run / "analysis"
     for name in ["cam", *ALL_BUT_CAM]:
-        record = json.loads((folder / f"{name}.json").read_text())
+        record = json.loads(latest_record(folder, name).read_text())
         assert record["analysis"] == name and record["files"], name
         for file in record["files"]:
             assert (resnet_run / file).is_file() and (resnet_run / file).stat().st_size > 1000, file
-    figures = {name: json.loads((folder / f"{name}.json").read_text())["figures"] for name in ["cam", *ALL_BUT_CAM]}
+    figures = {name: json.loads(latest_record(folder, name).read_text())["figures"] for name in ["cam", *ALL_BUT_CAM]}
     assert figures["cam"]["layer"] == figures["gradcam"]["layer"] == "layer3"
     assert len(figures["saliency"]["images"]) == 4 and figures["saliency"]["method"] == "SmoothGrad"
     fgsm = figures["fgsm"]

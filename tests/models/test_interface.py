@@ -187,6 +187,11 @@ def test_reset_classifier_speaks_timms_signature_and_refuses_what_it_cannot_do()
         model.reset_classifier(5, "avg")
     with pytest.raises(ModelConfigError, match="num_classes=-1"):
         model.reset_classifier(-1)
+    model.reset_classifier(0)
+    model.double()  # moved after the removal: the rebuilt layer follows the model, not the old layer
+    model.reset_classifier(3)
+    assert model.get_classifier().weight.dtype == torch.float64
+    assert model(torch.randn(2, *input_shape("resnet20"), dtype=torch.float64)).shape == (2, 3)
 
 
 def test_a_network_cut_for_transfer_follows_the_same_reset_contract():

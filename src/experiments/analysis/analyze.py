@@ -126,6 +126,8 @@ def analyze(run: str, settings: DictConfig, overrides: list[str] | None = None, 
                       "settings": params, "files": ctx.files, "figures": figures,
                       "seconds": round(time.time() - started, 2), "time": time.strftime("%Y-%m-%dT%H:%M:%S")}
             runs.write_json_atomic(out_dir / f"{stem}.json", record)
+            with contextlib.suppress(OSError):
+                (out_dir / stem).rmdir()  # an analysis with numbers only leaves no empty folder
             results[name] = record
             if not quiet:
                 print(f"{name}: {', '.join(ctx.files) or 'no pictures'} ({record['seconds']} s)")
@@ -147,10 +149,16 @@ def analyze(run: str, settings: DictConfig, overrides: list[str] | None = None, 
 def new_stem(out_dir: Path, name: str) -> str:
     """``name``, or ``name-2``, ``name-3``, ... when an earlier analysis of that name is in ``out_dir``:
     a rerun (other settings, another checkpoint) never overwrites what an earlier one found."""
+    out_dir.mkdir(parents=True, exist_ok=True)
     for number in range(1, 10_000):
         stem = name if number == 1 else f"{name}-{number}"
-        if not (out_dir / stem).exists() and not (out_dir / f"{stem}.json").exists():
-            return stem
+        if (out_dir / f"{stem}.json").exists():
+            continue
+        try:
+            (out_dir / stem).mkdir()  # atomic: two commands on one run never pick the same stem
+        except FileExistsError:
+            continue
+        return stem
     raise UserError("analysis", name, f"has 10,000 results in {out_dir} already.", "Clean up the folder.")
 
 

@@ -251,6 +251,7 @@ class PlainLoop:
         self.clock = clock_function(clock)
         self.options = options or Options()
         self.datamodule, self.device = datamodule, device
+        datamodule.device_hint = device  # device_resident data goes where this loop trains, Trainer or not
         torch.manual_seed(int(cfg.seed))
         self.model = build_model(cfg.model, input_shape_of(cfg)).to(device).train()
         if self.options.channels_last:

@@ -379,6 +379,8 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
         raise UserError("checkpoint", str(path), "holds objects other than tensors and plain data, so it was "
                         f"refused unread ({' '.join(str(error).split()[:12])}...).",
                         "Only load checkpoints written by this framework or plain state_dict files.") from None
+    except MemoryError:
+        raise
     except Exception as error:  # truncated, text, another format: torch's unpickler raises all kinds
         raise UserError("checkpoint", str(path), f"is truncated or not a PyTorch checkpoint "
                         f"({type(error).__name__}: {' '.join(str(error).split())[:200]}).",

@@ -243,7 +243,7 @@ def compare(folders: list[Path], by: list[str] | None = None, html: bool = False
     unknown = [key for key in keys if all(rt.lookup(run, key) is None for run in runs)]
     if unknown:
         raise UserError("--by", ",".join(keys), f"names {', '.join(unknown)}, which no run's config, config group or "
-                        "override has, so every run would fall into one group.",
+                        "override sets (missing or null in every run), so it cannot tell the runs apart.",
                         "Use keys of the runs' config.yaml (e.g. model.depth, optimizer.lr) or group names (model, data).")
     groups = rt.assign_groups(runs, keys)
     runs.sort(key=lambda r: (groups.index(r.group), str(r.seed), r.name))

@@ -194,7 +194,7 @@ def check_before_writing(overrides: list[str], settings: Settings, parent: Path)
     if problem:  # the paragraph experiments.train itself prints for it
         print(textwrap.fill(problem, width=100), file=sys.stderr)
         raise SystemExit(EXIT_USER_ERROR)
-    validate(compose_train([*plain, "trainer.max_epochs=1"]))
+    validate(compose_train([*plain, "trainer.max_epochs=1"]), this_machine=False)  # trials may run elsewhere
     record = parent / RECORD_FILE
     if record.is_file():
         try:

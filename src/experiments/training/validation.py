@@ -163,16 +163,20 @@ def _check_model_follows_data(cfg: DictConfig) -> None:
 
 
 def check_evaluation_trainer(cfg: DictConfig) -> None:
-    """A run's trainer settings changed for an evaluation: the hardware exists, the precision is
-    Lightning's, and Lightning builds the Trainer."""
+    """A run's trainer settings changed for an evaluation: what the evaluation's one-device Trainer uses
+    (:func:`experiments.evaluation.ensemble.eval_trainer`: the accelerator and the precision) exists here
+    and builds. The run's other trainer keys (its devices, strategy, nodes) are not the evaluation's."""
     trainer = cfg.get("trainer") or {}
-    _check_hardware(trainer)
-    precision = str(trainer.get("precision", "32-true"))
+    used = OmegaConf.create({"_target_": "pytorch_lightning.Trainer", "devices": 1,
+                             "accelerator": trainer.get("accelerator", "auto"),
+                             "precision": trainer.get("precision", "32-true")})
+    _check_hardware(used)
+    precision = str(used.precision)
     if precision not in PRECISIONS:
         raise UserError("trainer.precision", precision, "is not a precision Lightning knows.",
                         f"Use one of: {', '.join(PRECISIONS[:6])}.")
-    _check_precision_fits(precision, trainer)
-    check_trainer_builds(cfg)
+    _check_precision_fits(precision, used)
+    check_trainer_builds(OmegaConf.create({"trainer": used}))
 
 
 def check_trainer_builds(cfg: DictConfig) -> None:
@@ -215,7 +219,10 @@ def _model_choice() -> str | None:
     return HydraConfig.get().runtime.choices.get("model") if HydraConfig.initialized() else None
 
 
-def validate(cfg: DictConfig) -> None:
+def validate(cfg: DictConfig, this_machine: bool = True) -> None:
+    """Every check of the composed config. ``this_machine=False`` leaves out what depends on the machine
+    that runs the check (the GPUs it has, a Trainer built here): ``coarse_to_fine`` checks its overrides on
+    a login node and its trials may run elsewhere (a SLURM launcher); each trial checks them all itself."""
     require_a_model(cfg, _model_choice())
     schema.check(cfg)  # every key's type (schema.py); the ranges below
     _check_interpolations(cfg)
@@ -235,14 +242,16 @@ def validate(cfg: DictConfig) -> None:
                                          and not trainer.get("fast_dev_run")):
         raise UserError("trainer.max_epochs", trainer.get("max_epochs"), "leaves nothing to train.",
                         "Set trainer.max_epochs to a positive number (or trainer.max_steps).")
-    _check_hardware(trainer)
+    if this_machine:
+        _check_hardware(trainer)
     _check_trainer_ranges(cfg)
     precision = str(trainer.get("precision", "32-true"))
     if precision not in PRECISIONS:
         raise UserError("trainer.precision", precision, "is not a precision Lightning knows.",
                         f"Use one of: {', '.join(PRECISIONS[:6])}.")
     _check_precision_fits(precision, trainer)
-    check_trainer_builds(cfg)
+    if this_machine:
+        check_trainer_builds(cfg)
     _check_model_follows_data(cfg)
     weights = (cfg.get("module") or {}).get("aux_loss_weights") or []
     if any(isinstance(w, bool) or not isinstance(w, Real) or w < 0 for w in weights):
