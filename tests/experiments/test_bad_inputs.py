@@ -280,9 +280,11 @@ def test_a_diverged_run_is_not_resumed(tmp_path):
 
 @pytest.mark.parametrize(("override", "words"), [
     ("nosuch.key=3", ["nosuch.key='3'", "not a key of the run's config.yaml", "+nosuch.key=3"]),
-    ("trainer.max_epochs=abc", ["trainer.max_epochs='abc'", "is not int"]),
+    ("trainer.max_epochs=abc", ["trainer.max_epochs='abc'", "is not used here"]),
+    ("model.dropout=abc", ["model.dropout='abc'", "is not float"]),
     ("trainer.accelerator=gpu", ["trainer.accelerator='gpu'", "no visible GPU"]),
-    ("trainer.strategy=bogus", ["trainer.strategy='bogus'", "invalid strategy name"]),
+    ("trainer.strategy=ddp", ["trainer.strategy='ddp'", "is not used here", "one device"]),
+    ("trainer.precision=bf16-true", ["trainer.precision='bf16-true'", "half precision"]),
 ])
 def test_eval_checks_the_keys_it_changes_in_the_runs_config(workdir, override, words):
     if override.startswith("trainer.accelerator") and torch.cuda.is_available():
@@ -291,3 +293,17 @@ def test_eval_checks_the_keys_it_changes_in_the_runs_config(workdir, override, w
     result = run_cli("experiments.eval", f"run={_finished_run(workdir)}", override, cwd=workdir)
     _assert_clean_failure(result, words)
     assert tree_hashes(workdir / "outputs") == before
+
+
+def test_a_run_trained_on_gpus_is_evaluated_on_the_cpu_with_trainer_accelerator_cpu(workdir, tmp_path):
+    """Only what eval's one-device Trainer uses is checked: the run's devices and strategy are not eval's."""
+    from omegaconf import OmegaConf
+
+    run = tmp_path / "gpu_run"
+    shutil.copytree(_finished_run(workdir), run)
+    config = OmegaConf.load(run / "config.yaml")
+    config.trainer.accelerator, config.trainer.devices, config.trainer.strategy = "gpu", -1, "ddp"
+    (run / "config.yaml").write_text(OmegaConf.to_yaml(config))
+    result = run_cli("experiments.eval", f"run={run}", "trainer.accelerator=cpu", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "test" in result.stdout.lower()

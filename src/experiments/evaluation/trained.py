@@ -72,6 +72,7 @@ class TrainedRun:
 
 
 _ABSENT = object()
+EVALUATION_TRAINER_KEYS = ("trainer.accelerator", "trainer.precision")  # what ensemble.eval_trainer reads
 
 
 def apply_overrides(cfg: DictConfig, overrides: list[str]) -> DictConfig:
@@ -95,6 +96,10 @@ def apply_overrides(cfg: DictConfig, overrides: list[str]) -> DictConfig:
         if isinstance(node, DictConfig):
             raise UserError(key, value, "would replace a whole config group of the trained run.",
                             f"Use the run's own {key}; set single keys such as {key}.<name>=<value>.")
+        if key.startswith("trainer.") and key not in EVALUATION_TRAINER_KEYS:
+            raise UserError(key, value, "is not used here: an evaluation's Trainer runs on one device and takes "
+                            "only the accelerator and the precision from the run's trainer.",
+                            "Drop it; set trainer.accelerator or trainer.precision if needed.")
         try:
             OmegaConf.update(cfg, key, OmegaConf.select(OmegaConf.from_dotlist([f"{key}={value}"]), key), merge=False,
                              force_add=adding)
