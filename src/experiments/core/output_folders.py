@@ -132,8 +132,10 @@ def check_output_folders(argv: list[str], default: str = "outputs") -> None:
 
 
 def _is_first_process() -> bool:
-    """Not a DDP child or another node's process: those are started with the run folder rank 0 uses."""
-    return all(os.environ.get(name, "0") == "0" for name in ("LOCAL_RANK", "NODE_RANK", "RANK"))
+    """Not a DDP child, another node's or SLURM task's process, nor a restart by torchrun: those join (or
+    rejoin) the run folder the first start of rank 0 made."""
+    return all(os.environ.get(name, "0") == "0" for name in ("LOCAL_RANK", "NODE_RANK", "RANK", "SLURM_PROCID",
+                                                               "TORCHELASTIC_RESTART_COUNT"))
 
 
 def _refuse_folder_with_results(folder: Path, key: str) -> None:
