@@ -107,7 +107,7 @@ def apply_overrides(cfg: DictConfig, overrides: list[str]) -> DictConfig:
             raise UserError(key, value, f"could not be applied ({error}).", "Use key=value pairs.") from None
         keys.append(key)
     schema.check_keys(cfg, keys)
-    if any(k == "trainer" or k.startswith("trainer.") for k in keys):
+    if any(k.startswith("trainer.") for k in keys):
         check_evaluation_trainer(cfg)
     return cfg
 

@@ -116,8 +116,12 @@ def _check_interpolations(cfg: DictConfig) -> None:
                         "itself (python -m experiments.train --cfg job shows the config).") from None
 
 
-def _check_precision_fits(precision: str, trainer) -> None:
-    """Precisions Lightning accepts that this project cannot honour as asked."""
+def _check_precision(trainer) -> None:
+    """A precision Lightning knows, and not one of those it accepts that this project cannot honour."""
+    precision = str(trainer.get("precision", "32-true"))
+    if precision not in PRECISIONS:
+        raise UserError("trainer.precision", precision, "is not a precision Lightning knows.",
+                        f"Use one of: {', '.join(PRECISIONS[:6])}.")
     if precision in ("bf16-true", "16-true"):
         raise UserError("trainer.precision", precision, "keeps the weights themselves in half precision, which "
                         "this project does not support: its data path normalises images to float32 after "
@@ -171,11 +175,7 @@ def check_evaluation_trainer(cfg: DictConfig) -> None:
                              "accelerator": trainer.get("accelerator", "auto"),
                              "precision": trainer.get("precision", "32-true")})
     _check_hardware(used)
-    precision = str(used.precision)
-    if precision not in PRECISIONS:
-        raise UserError("trainer.precision", precision, "is not a precision Lightning knows.",
-                        f"Use one of: {', '.join(PRECISIONS[:6])}.")
-    _check_precision_fits(precision, used)
+    _check_precision(used)
     check_trainer_builds(OmegaConf.create({"trainer": used}))
 
 
@@ -245,11 +245,7 @@ def validate(cfg: DictConfig, this_machine: bool = True) -> None:
     if this_machine:
         _check_hardware(trainer)
     _check_trainer_ranges(cfg)
-    precision = str(trainer.get("precision", "32-true"))
-    if precision not in PRECISIONS:
-        raise UserError("trainer.precision", precision, "is not a precision Lightning knows.",
-                        f"Use one of: {', '.join(PRECISIONS[:6])}.")
-    _check_precision_fits(precision, trainer)
+    _check_precision(trainer)
     if this_machine:
         check_trainer_builds(cfg)
     _check_model_follows_data(cfg)
